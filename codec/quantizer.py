@@ -1,0 +1,81 @@
+"""Split residual vector quantizer: one semantic RVQ and one acoustic RVQ over the same latent.
+
+Each half projects the latent (D -> codebook_dim), then each layer picks the nearest centroid
+(Euclidean) and subtracts it from the residual. Decoding sums the chosen centroids of each half and
+projects back (codebook_dim -> D); the two halves' outputs are added. The search runs in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResidualVQ(nn.Module):
+    def __init__(self, dim: int, codebook_dim: int, codebook_size: int, n_q: int):
+        super().__init__()
+        self.input_proj = nn.Linear(dim, codebook_dim, bias=False)
+        self.output_proj = nn.Linear(codebook_dim, dim, bias=False)
+        self.register_buffer("codebooks", torch.randn(n_q, codebook_size, codebook_dim))
+        self.register_buffer("codebook_norms", torch.empty(n_q, codebook_size), persistent=False)
+        self.refresh_norms()
+
+    @property
+    def n_q(self) -> int:
+        return self.codebooks.shape[0]
+
+    def refresh_norms(self) -> None:
+        """Recompute |c|^2 after the codebooks change (loading, a cast to another dtype)."""
+        self.codebook_norms = self.codebooks.float().pow(2).sum(-1)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.refresh_norms()
+        return self
+
+    def encode(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
+        """latent [B, F, D] -> codes [B, n_q, F]."""
+        residual = self.input_proj(latent).float()
+        codes = []
+        for codebook, norms in zip(self.codebooks[:n_q].float(), self.codebook_norms[:n_q].float()):
+            # argmin |r - c|^2 = argmin (|c|^2 - 2 r.c)
+            index = torch.addmm(norms, residual.flatten(0, 1), codebook.t(), alpha=-2.0).argmin(-1)
+            index = index.view(residual.shape[:2])
+            residual = residual - F.embedding(index, codebook)
+            codes.append(index)
+        return torch.stack(codes, dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, n, F] (n <= n_q) -> [B, F, D]."""
+        n = codes.shape[1]
+        size = self.codebooks.shape[1]
+        flat = codes + torch.arange(n, device=codes.device)[:, None] * size  # index into the stacked table
+        centroids = F.embedding(flat, self.codebooks[:n].flatten(0, 1)).sum(1)  # [B, F, codebook_dim]
+        return self.output_proj(centroids.to(self.output_proj.weight.dtype))
+
+
+class SplitResidualVQ(nn.Module):
+    """codes row 0 = semantic (rvq_first), rows 1.. = acoustic (rvq_rest layers 0..)."""
+
+    def __init__(self, dim: int, codebook_dim: int, codebook_size: int, n_q: int, n_q_semantic: int = 1):
+        super().__init__()
+        self.n_q_semantic = n_q_semantic
+        self.codebook_size = codebook_size
+        self.rvq_first = ResidualVQ(dim, codebook_dim, codebook_size, n_q_semantic)
+        self.rvq_rest = ResidualVQ(dim, codebook_dim, codebook_size, n_q - n_q_semantic)
+
+    def encode(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
+        """latent [B, D, F] -> codes [B, n_q, F] (int64)."""
+        latent = latent.transpose(1, 2)
+        codes = self.rvq_first.encode(latent, min(n_q, self.n_q_semantic))
+        if n_q > self.n_q_semantic:
+            codes = torch.cat([codes, self.rvq_rest.encode(latent, n_q - self.n_q_semantic)], dim=1)
+        return codes
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, F] -> latent [B, D, F]."""
+        out = self.rvq_first.decode(codes[:, :self.n_q_semantic])
+        if codes.shape[1] > self.n_q_semantic:
+            out = out + self.rvq_rest.decode(codes[:, self.n_q_semantic:])
+        return out.transpose(1, 2)

@@ -1,0 +1,131 @@
+"""The codec's 25 Hz transformers: pre-LayerNorm, interleaved RoPE, causal attention over a sliding
+window of `context` steps, exact-GELU MLP, layer scale, no biases.
+
+Streaming keeps, per layer, a ring of the last `context` keys and values for every slot, written at
+one shared pointer; each slot has its own position counter, so slots reset at different times stay
+correct (keys of a slot's previous session carry position -1 and are masked).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from antiphon.codec.config import CodecConfig
+from antiphon.kernels.rope import apply_rope, rope_tables
+from antiphon.stateful import Stateful
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((dim,), 0.01))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))  # rows: q, k, v
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """x [B, T, D]; mask [B or 1, 1, T, S] (True = attend); cache (keys, values [B, H, C, hd],
+        ring index [T] where this chunk's keys go) or None for offline. Streaming attends to the
+        ring (S = C + T: the previous keys, then this chunk's) and then writes the chunk into it."""
+        qkv = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, hd]
+        q = apply_rope(qkv[:, :, 0], cos, sin).transpose(1, 2)  # [B, H, T, hd]
+        k = apply_rope(qkv[:, :, 1], cos, sin).transpose(1, 2)
+        v = qkv[:, :, 2].transpose(1, 2)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        else:
+            keys, values, index = cache
+            out = F.scaled_dot_product_attention(q, torch.cat([keys, k], 2), torch.cat([values, v], 2), attn_mask=mask)
+            keys.index_copy_(2, index, k)
+            values.index_copy_(2, index, v)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        dim = cfg.dimension
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.self_attn = SelfAttention(dim, cfg.num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.linear1 = nn.Linear(dim, cfg.dim_feedforward, bias=False)
+        self.linear2 = nn.Linear(cfg.dim_feedforward, dim, bias=False)
+        scaled = cfg.layer_scale is not None
+        self.layer_scale_1 = LayerScale(dim) if scaled else nn.Identity()
+        self.layer_scale_2 = LayerScale(dim) if scaled else nn.Identity()
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), cos, sin, mask, cache))
+        return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+
+
+class CodecTransformer(Stateful):
+    """[B, D, T] -> [B, D, T] (conv layout in and out)."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__()
+        self.context = cfg.context
+        self.max_period = cfg.max_period
+        self.num_heads = cfg.num_heads
+        self.head_dim = cfg.dimension // cfg.num_heads
+        self.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
+
+    def init_state(self, batch_size: int) -> dict:
+        w = self.layers[0].self_attn.in_proj_weight
+        shape = (len(self.layers), batch_size, self.num_heads, self.context, self.head_dim)
+        return {
+            "keys": torch.zeros(shape, device=w.device, dtype=w.dtype),
+            "values": torch.zeros(shape, device=w.device, dtype=w.dtype),
+            "key_positions": torch.full((batch_size, self.context), -1, device=w.device, dtype=torch.long),
+            "offset": torch.zeros(batch_size, device=w.device, dtype=torch.long),  # steps seen per slot
+            "pointer": 0,  # next ring index, shared by all slots
+        }
+
+    def reset_state(self, state: dict, mask: torch.Tensor) -> None:
+        state["key_positions"].masked_fill_(mask[:, None], -1)
+        state["offset"].masked_fill_(mask, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)  # [B, T, D]
+        if self.state is None:
+            x = self._offline(x)
+        else:  # a chunk longer than the ring is taken in ring-sized pieces
+            x = torch.cat([self._streaming(piece) for piece in x.split(self.context, dim=1)], dim=1)
+        return x.transpose(1, 2)
+
+    def _offline(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)
+        delta = positions[:, None] - positions[None, :]
+        mask = ((delta >= 0) & (delta < self.context))[None, None]  # [1, 1, T, T]
+        cos, sin = rope_tables(positions[None], self.head_dim, self.max_period)
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, None)
+        return x
+
+    def _streaming(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        steps = x.shape[1]
+        positions = state["offset"][:, None] + torch.arange(steps, device=x.device)  # [B, T]
+        index = (state["pointer"] + torch.arange(steps, device=x.device)) % self.context
+        key_positions = torch.cat([state["key_positions"], positions], dim=1)  # [B, C + T]
+        delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, C + T]
+        mask = ((key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context))[:, None]
+        cos, sin = rope_tables(positions, self.head_dim, self.max_period)
+        for layer, keys, values in zip(self.layers, state["keys"], state["values"]):
+            x = layer(x, cos, sin, mask, (keys, values, index))
+        state["key_positions"].index_copy_(1, index, positions)
+        state["offset"] += steps
+        state["pointer"] = (state["pointer"] + steps) % self.context
+        return x
