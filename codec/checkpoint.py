@@ -80,37 +80,37 @@ def _name_from_lm_config(config_path: Path) -> str | None:
 
 
 def _weights_from_hub(repo_id: str) -> Path:
+    """Fetch through huggingface_hub (and its cache). When the hub cannot be reached, the first
+    failure switches to the local cache only, so that an offline machine answers at once."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
-    def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id, name))
+    offline = False
 
-    try:
+    def fetch(name: str) -> Path | None:
+        nonlocal offline
         try:
-            named = _name_from_lm_config(fetch("config.json"))
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            named = None
-        last_error: Exception | None = None
-        for name in [named] if named else KNOWN_FILENAMES:
-            try:
-                weights = fetch(name)
-                _fetch_sidecar(fetch, weights)
-                return weights
-            except (EntryNotFoundError, LocalEntryNotFoundError) as e:
-                last_error = e
-        raise CheckpointError(f"repo {repo_id} holds no codec weights: {last_error}")
-    except (HfHubHTTPError, OSError) as e:
-        raise CheckpointError(f"cannot fetch the codec from the Hugging Face hub repo {repo_id}: {e}") from None
-
-
-def _fetch_sidecar(fetch, weights: Path) -> None:
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+            return Path(hf_hub_download(repo_id, name, local_files_only=offline))
+        except EntryNotFoundError:
+            return None
+        except LocalEntryNotFoundError:  # no connection, and not in the cache
+            offline = True
+            return None
 
     try:
-        fetch(weights.with_suffix(".json").name)
-    except (EntryNotFoundError, LocalEntryNotFoundError):
-        pass
+        config = fetch("config.json")
+        named = _name_from_lm_config(config) if config else None
+        for name in [named] if named else KNOWN_FILENAMES:
+            weights = fetch(name)
+            if weights is not None:
+                fetch(weights.with_suffix(".json").name)  # the config of a non-default size, if any
+                return weights
+    except HfHubHTTPError as e:
+        raise CheckpointError(f"cannot fetch the codec from the Hugging Face hub repo {repo_id}: {e}") from None
+    if offline:
+        raise CheckpointError(f"{repo_id}: the Hugging Face hub cannot be reached and the codec is not in the local "
+                              f"cache; give a local directory or .safetensors file instead")
+    raise CheckpointError(f"repo {repo_id} holds no codec weights ({named or ' or '.join(KNOWN_FILENAMES)})")
 
 
 def config_beside(weights: Path) -> CodecConfig:
@@ -243,7 +243,7 @@ def load_state(codec: Codec, state: dict[str, torch.Tensor], origin: str) -> Non
         raise CheckpointError(f"{origin} does not fit the codec config: " + "; ".join(problems))
     codec.load_state_dict(state)
     for rvq in (codec.quantizer.rvq_first, codec.quantizer.rvq_rest):
-        rvq.refresh_norms()
+        rvq.refresh_search_tables()
 
 
 def load_codec(source: str | Path, num_codebooks: int = 8, device=None, dtype=None,

@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from antiphon.kernels.layout import input_major, input_major_matrix
 from antiphon.stateful import Stateful
+
+# Outputs up to this many steps are computed as one matmul over unfolded input (weight-bound), longer
+# ones by torch's convolution (compute-bound).
+UNFOLD_MAX_STEPS = 32
 
 
 class StreamingConv1d(Stateful):
@@ -25,6 +30,8 @@ class StreamingConv1d(Stateful):
             raise ValueError(f"pad_mode must be 'constant' or 'replicate', got {pad_mode!r}")
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride,
                               dilation=dilation, groups=groups, bias=bias)
+        if groups == 1:
+            self.conv.weight = input_major(self.conv.weight)
         self.stride = stride
         self.pad_mode = pad_mode
         self.history = (kernel_size - 1) * dilation + 1 - stride  # samples carried between calls
@@ -43,7 +50,7 @@ class StreamingConv1d(Stateful):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C_in, T] with T a multiple of the stride -> [B, C_out, T // stride]."""
         if self.history == 0:
-            return self.conv(x)
+            return self._conv(x)
         state = self.state
         if state is None:
             previous = self._initial_history(x)
@@ -56,7 +63,22 @@ class StreamingConv1d(Stateful):
         x = torch.cat([previous, x], dim=-1)
         if state is not None:
             state["previous"].copy_(x[..., -self.history:])
-        return self.conv(x)
+        return self._conv(x)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        """The unpadded conv: [B, C_in, T] -> [B, C_out, (T - k_eff) // stride + 1]."""
+        conv = self.conv
+        kernel, dilation = conv.kernel_size[0], conv.dilation[0]
+        span = (kernel - 1) * dilation + 1
+        steps = (x.shape[-1] - span) // self.stride + 1
+        if steps > UNFOLD_MAX_STEPS or conv.groups != 1:
+            return F.conv1d(x, conv.weight.contiguous(), conv.bias, self.stride, 0, dilation, conv.groups)
+        patches = x.unfold(-1, span, self.stride)[..., ::dilation]  # [B, C_in, steps, kernel]
+        patches = patches.permute(0, 2, 1, 3).flatten(2)  # [B, steps, C_in * kernel]
+        y = patches @ input_major_matrix(conv.weight)  # [B, steps, C_out]
+        if conv.bias is not None:
+            y = y + conv.bias
+        return y.transpose(1, 2)
 
     def _initial_history(self, x: torch.Tensor) -> torch.Tensor:
         shape = (x.shape[0], x.shape[1], self.history)
@@ -107,7 +129,7 @@ def _conv_transpose1d(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> torch.Tens
     if steps * stride > k:
         return convtr(x)
     if convtr.groups == 1:
-        z = torch.matmul(w.reshape(c_in, c_out_g * k).t(), x)  # [B, C_out * K, T]
+        z = (x.transpose(1, 2) @ w.reshape(c_in, c_out_g * k)).transpose(1, 2)  # [B, C_out * K, T]
     elif convtr.groups == c_in and c_out_g == 1:  # depthwise
         z = (x[:, :, None, :] * w[None, :, :, None].reshape(1, c_in, k, 1)).flatten(1, 2)
     else:

@@ -18,31 +18,35 @@ class ResidualVQ(nn.Module):
         self.input_proj = nn.Linear(dim, codebook_dim, bias=False)
         self.output_proj = nn.Linear(codebook_dim, dim, bias=False)
         self.register_buffer("codebooks", torch.randn(n_q, codebook_size, codebook_dim))
+        # derived search tables: |c|^2 and the codebooks input-major ([dim, size], see kernels/layout.py)
         self.register_buffer("codebook_norms", torch.empty(n_q, codebook_size), persistent=False)
-        self.refresh_norms()
+        self.register_buffer("codebooks_t", torch.empty(n_q, codebook_dim, codebook_size), persistent=False)
+        self.refresh_search_tables()
 
     @property
     def n_q(self) -> int:
         return self.codebooks.shape[0]
 
-    def refresh_norms(self) -> None:
-        """Recompute |c|^2 after the codebooks change (loading, a cast to another dtype)."""
-        self.codebook_norms = self.codebooks.float().pow(2).sum(-1)
+    def refresh_search_tables(self) -> None:
+        """Recompute the search tables after the codebooks change (loading, a cast to another dtype)."""
+        codebooks = self.codebooks.float()
+        self.codebook_norms = codebooks.pow(2).sum(-1)
+        self.codebooks_t = codebooks.transpose(1, 2).contiguous()
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.refresh_norms()
+        self.refresh_search_tables()
         return self
 
     def encode(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
         """latent [B, F, D] -> codes [B, n_q, F]."""
         residual = self.input_proj(latent).float()
         codes = []
-        for codebook, norms in zip(self.codebooks[:n_q].float(), self.codebook_norms[:n_q].float()):
+        for codebook_t, norms in zip(self.codebooks_t[:n_q], self.codebook_norms[:n_q]):
             # argmin |r - c|^2 = argmin (|c|^2 - 2 r.c)
-            index = torch.addmm(norms, residual.flatten(0, 1), codebook.t(), alpha=-2.0).argmin(-1)
+            index = torch.addmm(norms, residual.flatten(0, 1), codebook_t, alpha=-2.0).argmin(-1)
             index = index.view(residual.shape[:2])
-            residual = residual - F.embedding(index, codebook)
+            residual = residual - F.embedding(index, codebook_t.t())
             codes.append(index)
         return torch.stack(codes, dim=1)
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from antiphon.codec.config import CodecConfig
+from antiphon.kernels.layout import input_major
 from antiphon.kernels.rope import apply_rope, rope_tables
 from antiphon.stateful import Stateful
 
@@ -30,9 +31,9 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))  # rows: q, k, v
-        nn.init.xavier_uniform_(self.in_proj_weight)
+        self.in_proj_weight = input_major(nn.init.xavier_uniform_(torch.empty(3 * dim, dim)))  # rows: q, k, v
         self.out_proj = nn.Linear(dim, dim, bias=False)
+        self.out_proj.weight = input_major(self.out_proj.weight)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -62,6 +63,8 @@ class TransformerLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.linear1 = nn.Linear(dim, cfg.dim_feedforward, bias=False)
         self.linear2 = nn.Linear(cfg.dim_feedforward, dim, bias=False)
+        for linear in (self.linear1, self.linear2):
+            linear.weight = input_major(linear.weight)
         scaled = cfg.layer_scale is not None
         self.layer_scale_1 = LayerScale(dim) if scaled else nn.Identity()
         self.layer_scale_2 = LayerScale(dim) if scaled else nn.Identity()

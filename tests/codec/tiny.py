@@ -39,7 +39,7 @@ def fit_codebooks(codec: Codec, wav: torch.Tensor, seed: int = 0, iterations: in
                 tables.append(table)
                 residual = residual - table[torch.cdist(residual, table).argmin(-1)]
             rvq.codebooks.copy_(torch.stack(tables))
-            rvq.refresh_norms()
+            rvq.refresh_search_tables()
 
 
 def make_tiny_codec(seed: int = 0, num_codebooks: int = 8, config: CodecConfig = TINY) -> Codec:

@@ -1,0 +1,1 @@
+"""Triton kernels, each beside its plain-torch reference, and the one place that picks which runs."""

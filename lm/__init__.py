@@ -1,0 +1,1 @@
+"""The multistream audio language model (temporal + depth transformer), its configs and loading."""
