@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from antiphon.kernels.layout import input_major, input_major_matrix
+from antiphon.kernels import layout
 from antiphon.stateful import Stateful
 
-# Outputs up to this many steps are computed as one matmul over unfolded input (weight-bound), longer
-# ones by torch's convolution (compute-bound).
-UNFOLD_MAX_STEPS = 32
+# A conv runs as one matmul over its unfolded input (im2col) when that input is cheap to build: a 1x1 or
+# strided conv, or a short output (weight-bound); otherwise (a long output of an overlapping kernel)
+# as torch's convolution.
+UNFOLD_MAX_STEPS = 128
 
 
 class StreamingConv1d(Stateful):
@@ -31,7 +32,7 @@ class StreamingConv1d(Stateful):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride,
                               dilation=dilation, groups=groups, bias=bias)
         if groups == 1:
-            self.conv.weight = input_major(self.conv.weight)
+            self.conv.weight = layout.input_major(self.conv.weight)
         self.stride = stride
         self.pad_mode = pad_mode
         self.history = (kernel_size - 1) * dilation + 1 - stride  # samples carried between calls
@@ -71,11 +72,12 @@ class StreamingConv1d(Stateful):
         kernel, dilation = conv.kernel_size[0], conv.dilation[0]
         span = (kernel - 1) * dilation + 1
         steps = (x.shape[-1] - span) // self.stride + 1
-        if steps > UNFOLD_MAX_STEPS or conv.groups != 1:
+        im2col = kernel == 1 or self.stride > 1 or steps <= UNFOLD_MAX_STEPS
+        if not im2col or conv.groups != 1:
             return F.conv1d(x, conv.weight.contiguous(), conv.bias, self.stride, 0, dilation, conv.groups)
         patches = x.unfold(-1, span, self.stride)[..., ::dilation]  # [B, C_in, steps, kernel]
         patches = patches.permute(0, 2, 1, 3).flatten(2)  # [B, steps, C_in * kernel]
-        y = patches @ input_major_matrix(conv.weight)  # [B, steps, C_out]
+        y = layout.matmul(patches, layout.input_major_matrix(conv.weight))  # [B, steps, C_out]
         if conv.bias is not None:
             y = y + conv.bias
         return y.transpose(1, 2)
@@ -129,7 +131,7 @@ def _conv_transpose1d(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> torch.Tens
     if steps * stride > k:
         return convtr(x)
     if convtr.groups == 1:
-        z = (x.transpose(1, 2) @ w.reshape(c_in, c_out_g * k)).transpose(1, 2)  # [B, C_out * K, T]
+        z = layout.matmul(x.transpose(1, 2), w.reshape(c_in, c_out_g * k)).transpose(1, 2)  # [B, C_out * K, T]
     elif convtr.groups == c_in and c_out_g == 1:  # depthwise
         z = (x[:, :, None, :] * w[None, :, :, None].reshape(1, c_in, k, 1)).flatten(1, 2)
     else:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from antiphon.kernels import layout
+
 
 class ResidualVQ(nn.Module):
     def __init__(self, dim: int, codebook_dim: int, codebook_size: int, n_q: int):
@@ -44,7 +46,7 @@ class ResidualVQ(nn.Module):
         codes = []
         for codebook_t, norms in zip(self.codebooks_t[:n_q], self.codebook_norms[:n_q]):
             # argmin |r - c|^2 = argmin (|c|^2 - 2 r.c)
-            index = torch.addmm(norms, residual.flatten(0, 1), codebook_t, alpha=-2.0).argmin(-1)
+            index = (norms - 2 * layout.matmul(residual.flatten(0, 1), codebook_t)).argmin(-1)
             index = index.view(residual.shape[:2])
             residual = residual - F.embedding(index, codebook_t.t())
             codes.append(index)

@@ -1,9 +1,11 @@
 """The codec's 25 Hz transformers: pre-LayerNorm, interleaved RoPE, causal attention over a sliding
 window of `context` steps, exact-GELU MLP, layer scale, no biases.
 
-Streaming keeps, per layer, a ring of the last `context` keys and values for every slot, written at
-one shared pointer; each slot has its own position counter, so slots reset at different times stay
-correct (keys of a slot's previous session carry position -1 and are masked).
+Streaming keeps, per layer, a ring of keys and values for every slot, written at one shared pointer;
+each slot has its own position counter, so slots reset at different times stay correct (keys of a
+slot's previous session carry position -1 and are masked). A call's steps are written before they
+attend, so the ring holds `context + PIECE - 1` steps and calls are taken in pieces of at most PIECE
+steps: no step ever loses a key of its window, and streaming equals offline.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from antiphon.codec.config import CodecConfig
-from antiphon.kernels.layout import input_major
+from antiphon.kernels import layout
 from antiphon.kernels.rope import apply_rope, rope_tables
 from antiphon.stateful import Stateful
+
+PIECE = 8  # most steps written to the ring at once (a code frame is 2 steps)
 
 
 class LayerScale(nn.Module):
@@ -31,27 +35,25 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.in_proj_weight = input_major(nn.init.xavier_uniform_(torch.empty(3 * dim, dim)))  # rows: q, k, v
+        self.in_proj_weight = layout.input_major(nn.init.xavier_uniform_(torch.empty(3 * dim, dim)))  # rows: q, k, v
         self.out_proj = nn.Linear(dim, dim, bias=False)
-        self.out_proj.weight = input_major(self.out_proj.weight)
+        self.out_proj.weight = layout.input_major(self.out_proj.weight)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """x [B, T, D]; mask [B or 1, 1, T, S] (True = attend); cache (keys, values [B, H, C, hd],
-        ring index [T] where this chunk's keys go) or None for offline. Streaming attends to the
-        ring (S = C + T: the previous keys, then this chunk's) and then writes the chunk into it."""
-        qkv = F.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, hd]
+        """x [B, T, D]; mask [B or 1, 1, T, S] (additive: 0 or -inf); cache (keys, values [B, H, S, hd],
+        ring index [T] where this chunk's keys go) or None for offline (S = T)."""
+        qkv = layout.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, hd]
         q = apply_rope(qkv[:, :, 0], cos, sin).transpose(1, 2)  # [B, H, T, hd]
         k = apply_rope(qkv[:, :, 1], cos, sin).transpose(1, 2)
         v = qkv[:, :, 2].transpose(1, 2)
-        if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
-        else:
+        if cache is not None:
             keys, values, index = cache
-            out = F.scaled_dot_product_attention(q, torch.cat([keys, k], 2), torch.cat([values, v], 2), attn_mask=mask)
             keys.index_copy_(2, index, k)
             values.index_copy_(2, index, v)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+            k, v = keys, values
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        return layout.linear(out.transpose(1, 2).flatten(2), self.out_proj.weight)
 
 
 class TransformerLayer(nn.Module):
@@ -64,14 +66,14 @@ class TransformerLayer(nn.Module):
         self.linear1 = nn.Linear(dim, cfg.dim_feedforward, bias=False)
         self.linear2 = nn.Linear(cfg.dim_feedforward, dim, bias=False)
         for linear in (self.linear1, self.linear2):
-            linear.weight = input_major(linear.weight)
+            linear.weight = layout.input_major(linear.weight)
         scaled = cfg.layer_scale is not None
         self.layer_scale_1 = LayerScale(dim) if scaled else nn.Identity()
         self.layer_scale_2 = LayerScale(dim) if scaled else nn.Identity()
 
     def forward(self, x, cos, sin, mask, cache):
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), cos, sin, mask, cache))
-        return x + self.layer_scale_2(self.linear2(F.gelu(self.linear1(self.norm2(x)))))
+        return x + self.layer_scale_2(layout.linear(F.gelu(layout.linear(self.norm2(x), self.linear1.weight)), self.linear2.weight))
 
 
 class CodecTransformer(Stateful):
@@ -80,6 +82,7 @@ class CodecTransformer(Stateful):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.context = cfg.context
+        self.capacity = cfg.context + PIECE - 1  # ring size
         self.max_period = cfg.max_period
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.dimension // cfg.num_heads
@@ -87,11 +90,11 @@ class CodecTransformer(Stateful):
 
     def init_state(self, batch_size: int) -> dict:
         w = self.layers[0].self_attn.in_proj_weight
-        shape = (len(self.layers), batch_size, self.num_heads, self.context, self.head_dim)
+        shape = (len(self.layers), batch_size, self.num_heads, self.capacity, self.head_dim)
         return {
             "keys": torch.zeros(shape, device=w.device, dtype=w.dtype),
             "values": torch.zeros(shape, device=w.device, dtype=w.dtype),
-            "key_positions": torch.full((batch_size, self.context), -1, device=w.device, dtype=torch.long),
+            "key_positions": torch.full((batch_size, self.capacity), -1, device=w.device, dtype=torch.long),
             "offset": torch.zeros(batch_size, device=w.device, dtype=torch.long),  # steps seen per slot
             "pointer": 0,  # next ring index, shared by all slots
         }
@@ -104,14 +107,14 @@ class CodecTransformer(Stateful):
         x = x.transpose(1, 2)  # [B, T, D]
         if self.state is None:
             x = self._offline(x)
-        else:  # a chunk longer than the ring is taken in ring-sized pieces
-            x = torch.cat([self._streaming(piece) for piece in x.split(self.context, dim=1)], dim=1)
+        else:
+            x = torch.cat([self._streaming(piece) for piece in x.split(PIECE, dim=1)], dim=1)
         return x.transpose(1, 2)
 
     def _offline(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
         delta = positions[:, None] - positions[None, :]
-        mask = ((delta >= 0) & (delta < self.context))[None, None]  # [1, 1, T, T]
+        mask = _additive((delta >= 0) & (delta < self.context))[None, None]  # [1, 1, T, T]
         cos, sin = rope_tables(positions[None], self.head_dim, self.max_period)
         for layer in self.layers:
             x = layer(x, cos, sin, mask, None)
@@ -121,14 +124,19 @@ class CodecTransformer(Stateful):
         state = self.state
         steps = x.shape[1]
         positions = state["offset"][:, None] + torch.arange(steps, device=x.device)  # [B, T]
-        index = (state["pointer"] + torch.arange(steps, device=x.device)) % self.context
-        key_positions = torch.cat([state["key_positions"], positions], dim=1)  # [B, C + T]
-        delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, C + T]
-        mask = ((key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context))[:, None]
+        index = (state["pointer"] + torch.arange(steps, device=x.device)) % self.capacity
+        key_positions = state["key_positions"].index_copy_(1, index, positions)  # [B, S]
+        delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, S]
+        mask = _additive((key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context))[:, None]
         cos, sin = rope_tables(positions, self.head_dim, self.max_period)
         for layer, keys, values in zip(self.layers, state["keys"], state["values"]):
             x = layer(x, cos, sin, mask, (keys, values, index))
-        state["key_positions"].index_copy_(1, index, positions)
         state["offset"] += steps
-        state["pointer"] = (state["pointer"] + steps) % self.context
+        state["pointer"] = (state["pointer"] + steps) % self.capacity
         return x
+
+
+def _additive(allowed: torch.Tensor) -> torch.Tensor:
+    """bool mask (True = attend) -> additive float mask (0 / -inf), which SDPA on CPU takes faster."""
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+

@@ -1,0 +1,215 @@
+"""The multistream audio language model: summed per-stream embeddings -> temporal transformer ->
+text head, and per time step the depth transformer over the dep_q output codebooks (reference §2.2-2.5).
+
+Token column per step: row 0 text, rows 1..n_q audio (the model's dep_q streams first, then the
+input streams). Special ids: text_card / card = the initial token (input only), -1 = the zero token
+(embeds to an exact zero vector; masked in outputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from antiphon.errors import InputError
+from antiphon.lm.config import LMConfig
+from antiphon.lm.layers import Embedding, Linear, make_norm
+from antiphon.lm.transformer import DepthTransformer, TemporalTransformer
+
+
+@dataclasses.dataclass(frozen=True)
+class LMOutput:
+    """Teacher-forced outputs, aligned with the input codes (no shift needed for a loss).
+    Invalid positions (beyond a stream's delay at the end, or a zero-token input) are NaN in the
+    logits and False in the masks."""
+
+    text_logits: torch.Tensor  # [B, 1, T, text_card_out] float
+    text_mask: torch.Tensor  # [B, 1, T] bool
+    logits: torch.Tensor  # [B, dep_q, T, card] float
+    mask: torch.Tensor  # [B, dep_q, T] bool
+
+
+class LM(nn.Module):
+    def __init__(self, config: LMConfig | None = None):
+        super().__init__()
+        cfg = config or LMConfig()
+        self.config = cfg
+        self.emb = nn.ModuleList([Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_q)])
+        self.text_emb = Embedding(cfg.text_card + 1, cfg.dim, demux=cfg.demux_second_stream)
+        self.transformer = TemporalTransformer(cfg)
+        self.out_norm = make_norm(cfg.norm, cfg.dim)
+        self.text_linear = Linear(cfg.dim, cfg.text_out)
+        self.extra_heads = nn.ModuleList([Linear(cfg.dim, cfg.extra_heads_dim) for _ in range(cfg.extra_heads_num_heads)])
+        if cfg.dep_q:
+            dd, low_rank = cfg.depformer_dim, cfg.depformer_low_rank_embeddings
+            self.depformer_in = nn.ModuleList([Linear(cfg.dim, dd) for _ in range(cfg.depformer_in_count)])
+            # Codebook k > 0 takes the token of codebook k - 1; the last codebook is never an input.
+            self.depformer_emb = nn.ModuleList([Embedding(cfg.card + 1, dd, low_rank) for _ in range(cfg.dep_q - 1)])
+            self.depformer_text_emb = Embedding(cfg.text_card + 1, dd, low_rank, demux=cfg.demux_second_stream)
+            self.depformer = DepthTransformer(cfg)
+            if cfg.depformer_norm is not None:
+                self.depformer_norms = nn.ModuleList([make_norm(cfg.depformer_norm, dd) for _ in range(cfg.dep_q)])
+            self.linears = nn.ModuleList([Linear(dd, cfg.card) for _ in range(cfg.dep_q)])
+        self.eval()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def text_initial_token(self) -> int:
+        return self.config.text_card
+
+    @property
+    def initial_token(self) -> int:
+        return self.config.card
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.text_emb.weight.dtype
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, source: str | Path, device=None, dtype=None) -> "LM":
+        """Load from a Hugging Face repo id or a local directory (config.json + `moshi_name` weights in the
+        released format; no config.json means Moshi 7B). Default dtype: bf16 on GPU, fp32 on CPU.
+        `lm.codec` and `lm.tokenizer` load on first use from the same source."""
+        from antiphon.lm.checkpoint import load_lm
+
+        return load_lm(source, device=device, dtype=dtype)
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json and the weights in the released format; returns the weights' path."""
+        from antiphon.lm.checkpoint import save_lm
+
+        return save_lm(self, directory)
+
+    @functools.cached_property
+    def codec(self):
+        """The Mimi codec of this model's repository (loaded on first use)."""
+        from antiphon.lm.checkpoint import load_companion_codec
+
+        return load_companion_codec(self)
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The SentencePiece text tokenizer of this model's repository (loaded on first use)."""
+        from antiphon.lm.checkpoint import load_companion_tokenizer
+
+        return load_companion_tokenizer(self)
+
+    # ------------------------------------------------------------------ teacher-forced forward
+    @torch.no_grad()
+    def forward(self, codes: torch.Tensor, conditions=None) -> LMOutput:
+        """codes int [B, 1 + n_q, T] in natural time alignment (text row, then audio rows; -1 = zero
+        token) -> LMOutput aligned with `codes`. The model applies its delays and initial tokens."""
+        self._check_codes(codes)
+        if conditions is not None:
+            raise InputError("this model has no conditioners; pass conditions=None")
+        cfg = self.config
+        batch = codes.shape[0]
+        initial = self._initial_column(batch, codes.device)  # [B, K, 1]
+        delayed = torch.cat([initial, delay_streams(codes, cfg.delays, initial)], dim=2)  # [B, K, T + 1]
+        hidden = self.forward_hidden(delayed[:, :, :-1])  # [B, T, D]
+        text_logits = self.text_linear(hidden)[:, None]  # [B, 1, T, Nt]
+        if cfg.dep_q:
+            logits = self.forward_depth(delayed[:, :, 1:], hidden)
+        else:
+            logits = hidden.new_zeros(batch, 0, codes.shape[2], cfg.card)
+        text_logits, text_mask = undelay_streams(text_logits.float(), cfg.delays[:1])
+        logits, mask = undelay_streams(logits.float(), cfg.delays[1: 1 + cfg.dep_q])
+        text_mask &= codes[:, :1] != Embedding.ZERO
+        mask &= codes[:, 1: 1 + cfg.dep_q] != Embedding.ZERO
+        return LMOutput(text_logits, text_mask, logits, mask)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, 1 + n_q, S] (already delayed) -> summed embeddings [B, S, D]."""
+        x = None
+        for k, emb in enumerate(self.emb):
+            e = emb(tokens[:, 1 + k])
+            x = e if x is None else x + e
+        text = self.text_emb(tokens[:, 0])
+        return text if x is None else x + text
+
+    def forward_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, 1 + n_q, S] (delayed inputs) -> post-norm temporal output [B, S, D]."""
+        return self.out_norm(self.transformer(self.embed(tokens)))
+
+    def forward_extra_heads(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """hidden [B, S, D] -> one [B, S, extra_heads_dim] logit tensor per extra head."""
+        return [head(hidden) for head in self.extra_heads]
+
+    def forward_depth(self, targets: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced depformer. targets [B, 1 + n_q, S] (the delayed tokens of each step: the text
+        token feeds codebook 0, audio token k - 1 feeds codebook k), hidden [B, S, D] -> [B, dep_q, S, card]."""
+        cfg = self.config
+        batch, steps = hidden.shape[:2]
+        inputs = []
+        for k in range(cfg.dep_q):
+            projected = self.depformer_in[self._in_index(k)](hidden)
+            token = self.depformer_text_emb(targets[:, 0]) if k == 0 else self.depformer_emb[k - 1](targets[:, k])
+            inputs.append(projected + token)
+        x = torch.stack(inputs, dim=2).flatten(0, 1)  # [B * S, dep_q, Dd]
+        out = self.depformer(x)
+        logits = [self.linears[k](self._depformer_norm(k, out[:, k])) for k in range(cfg.dep_q)]
+        return torch.stack(logits, dim=1).unflatten(0, (batch, steps)).transpose(1, 2).contiguous()
+
+    def _in_index(self, k: int) -> int:
+        cfg = self.config
+        if not cfg.depformer_multi_linear:
+            return 0
+        return cfg.depformer_weights_per_step_schedule[k] if cfg.depformer_weights_per_step_schedule else k
+
+    def _depformer_norm(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        norms = getattr(self, "depformer_norms", None)
+        return x if norms is None else norms[k](x[:, None])[:, 0]
+
+    def _initial_column(self, batch: int, device) -> torch.Tensor:
+        column = torch.full((batch, self.config.num_codebooks, 1), self.initial_token, dtype=torch.long, device=device)
+        column[:, 0] = self.text_initial_token
+        return column
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        cfg = self.config
+        if not isinstance(codes, torch.Tensor) or codes.dim() != 3 or codes.shape[1] != cfg.num_codebooks:
+            shape = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise InputError(f"codes must be [B, 1 + n_q = {cfg.num_codebooks}, T], got {shape}")
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
+            raise InputError(f"codes must be an integer tensor, got {codes.dtype}")
+        if codes.shape[0] == 0 or codes.shape[2] == 0:
+            raise InputError(f"codes must have at least one row and one step, got {list(codes.shape)}")
+        for name, rows, top in (("text", codes[:, :1], self.text_emb.max_id), ("audio", codes[:, 1:], cfg.card)):
+            if rows.numel() and (int(rows.min()) < -1 or int(rows.max()) > top):
+                raise InputError(f"{name} codes must be in [-1, {top}] (-1: zero token), got values in "
+                                 f"[{int(rows.min())}, {int(rows.max())}]")
+
+
+def delay_streams(codes: torch.Tensor, delays, initial: torch.Tensor) -> torch.Tensor:
+    """codes [B, K, T] -> [B, K, T] where row k is shifted right by delays[k] steps, the first steps
+    filled with initial[:, k] (initial [B, K, 1])."""
+    rows = []
+    for k, delay in enumerate(delays):
+        row = codes[:, k]
+        if delay:
+            row = torch.cat([initial[:, k].expand(-1, min(delay, row.shape[1])), row[:, :-delay]], dim=1)
+        rows.append(row)
+    return torch.stack(rows, dim=1)
+
+
+def undelay_streams(values: torch.Tensor, delays) -> tuple[torch.Tensor, torch.Tensor]:
+    """values [B, K, T, ...] on the delayed time axis -> (values back on the codes' time axis, mask
+    [B, K, T]); the last delays[k] steps of row k have no prediction: NaN and False."""
+    batch, rows, steps = values.shape[:3]
+    mask = torch.ones(batch, rows, steps, dtype=torch.bool, device=values.device)
+    out = values.clone()
+    for k, delay in enumerate(delays):
+        if delay:
+            out[:, k, : max(steps - delay, 0)] = values[:, k, delay:]
+            out[:, k, max(steps - delay, 0):] = float("nan")
+            mask[:, k, max(steps - delay, 0):] = False
+    return out, mask

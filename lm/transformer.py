@@ -1,0 +1,222 @@
+"""The LM's two transformers.
+
+`TemporalTransformer`: over time steps; pre-norm layers, interleaved RoPE, causal attention over a
+sliding window of `context` steps, gated FFN, no biases. It is `Stateful`: streaming keeps, per layer,
+a ring of the last `context` keys and values for every slot, written at one shared pointer, with a
+position counter per slot (keys of a slot's previous session carry position -1 and are masked), so
+a slot can be reset alone.
+
+`DepthTransformer` (the depformer): over the dep_q codebooks of one time step, causal, no window,
+weights chosen per codebook step (stacked attention projections [S, out, in], one FFN per weight set),
+norms shared.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from antiphon.kernels import layout
+from antiphon.kernels.rope import apply_rope, rope_tables
+from antiphon.lm.config import LMConfig
+from antiphon.lm.layers import (FeedForwardLayer, LayerScale, Linear, attend, causal_window_mask, make_norm,
+                                sin_embedding, split_heads)
+from antiphon.stateful import Stateful
+
+
+class Positions:
+    """How a transformer encodes positions: "rope", "sin", "sin_rope" or "none"."""
+
+    def __init__(self, kind: str, head_dim: int, max_period: float, scale: float):
+        self.rope = kind in ("rope", "sin_rope")
+        self.sin = kind in ("sin", "sin_rope")
+        self.head_dim, self.max_period, self.scale = head_dim, max_period, scale
+
+    def add_sin(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if not self.sin:
+            return x
+        return x + (self.scale * sin_embedding(positions, x.shape[-1], self.max_period)).to(x.dtype)
+
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return rope_tables(positions, self.head_dim, self.max_period) if self.rope else None
+
+
+def _rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    return x if tables is None else apply_rope(x, *tables)
+
+
+# ---------------------------------------------------------------------------------------- temporal
+class SelfAttention(nn.Module):
+    """Fused `in_proj_weight` [(H + 2 KH) hd, D] (rows q, k, v) and `out_proj.weight` [D, D]."""
+
+    def __init__(self, dim: int, num_heads: int, kv_repeat: int):
+        super().__init__()
+        self.num_heads, self.kv_repeat = num_heads, kv_repeat
+        kv_dim = dim // kv_repeat
+        self.in_proj_weight = layout.input_major(torch.empty(dim + 2 * kv_dim, dim))
+        self.out_proj = Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, tables, mask: torch.Tensor, cache=None) -> torch.Tensor:
+        """x [B, T, D]; mask [B or 1, 1, T, S]; cache (keys, values [B, KH, C, hd], ring index [T]) or
+        None. Streaming attends to the ring then this chunk (S = C + T), then writes the chunk."""
+        proj = layout.linear(x, self.in_proj_weight)
+        q, k, v = split_heads(proj, self.num_heads, self.num_heads // self.kv_repeat)
+        q, k = _rope(q, tables).transpose(1, 2), _rope(k, tables).transpose(1, 2)
+        v = v.transpose(1, 2)
+        if cache is None:
+            out = attend(q, k, v, mask, self.kv_repeat)
+        else:
+            keys, values, index = cache
+            out = attend(q, torch.cat([keys, k], 2), torch.cat([values, v], 2), mask, self.kv_repeat)
+            keys.index_copy_(2, index, k)
+            values.index_copy_(2, index, v)
+        return self.out_proj(out)
+
+
+class TemporalLayer(FeedForwardLayer):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.norm1 = make_norm(cfg.norm, cfg.dim)
+        self.self_attn = SelfAttention(cfg.dim, cfg.num_heads, cfg.kv_repeat)
+        self.norm2 = make_norm(cfg.norm, cfg.dim)
+        self.build_ffn(cfg.dim, (cfg.dim_feedforward,), cfg.gating, per_step=False)
+        scaled = cfg.layer_scale is not None
+        self.layer_scale_1 = LayerScale(cfg.dim, cfg.layer_scale) if scaled else nn.Identity()
+        self.layer_scale_2 = LayerScale(cfg.dim, cfg.layer_scale) if scaled else nn.Identity()
+
+    def forward(self, x, tables, mask, cache=None):
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), tables, mask, cache))
+        return x + self.layer_scale_2(self.ffn(self.norm2(x)))
+
+
+class TemporalTransformer(Stateful):
+    """[B, T, D] -> [B, T, D]. Offline, or streaming inside `start_streaming(model, batch_size)`."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.context = cfg.context
+        self.num_kv_heads = cfg.num_heads // cfg.kv_repeat
+        self.head_dim = cfg.dim // cfg.num_heads
+        self.positions = Positions(cfg.positional_embedding, self.head_dim, cfg.max_period, cfg.positional_scale)
+        self.layers = nn.ModuleList([TemporalLayer(cfg) for _ in range(cfg.num_layers)])
+
+    def init_state(self, batch_size: int) -> dict:
+        if self.context is None:
+            raise RuntimeError("streaming needs a finite attention context (the config has context=null)")
+        w = self.layers[0].self_attn.in_proj_weight
+        shape = (len(self.layers), batch_size, self.num_kv_heads, self.context, self.head_dim)
+        return {
+            "keys": torch.zeros(shape, device=w.device, dtype=w.dtype),
+            "values": torch.zeros(shape, device=w.device, dtype=w.dtype),
+            "key_positions": torch.full((batch_size, self.context), -1, device=w.device, dtype=torch.long),
+            "offset": torch.zeros(batch_size, device=w.device, dtype=torch.long),  # steps seen per slot
+            "pointer": 0,  # next ring index, shared by all slots
+        }
+
+    def reset_state(self, state: dict, mask: torch.Tensor) -> None:
+        state["key_positions"].masked_fill_(mask[:, None], -1)
+        state["offset"].masked_fill_(mask, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state is None:
+            return self._offline(x)
+        return torch.cat([self._streaming(piece) for piece in x.split(self.context, dim=1)], dim=1)
+
+    def _offline(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1], device=x.device)[None]
+        mask = causal_window_mask(positions, positions, self.context)
+        x = self.positions.add_sin(x, positions)
+        tables = self.positions.tables(positions)
+        for layer in self.layers:
+            x = layer(x, tables, mask)
+        return x
+
+    def _streaming(self, x: torch.Tensor) -> torch.Tensor:
+        state = self.state
+        steps = x.shape[1]
+        positions = state["offset"][:, None] + torch.arange(steps, device=x.device)  # [B, T]
+        index = (state["pointer"] + torch.arange(steps, device=x.device)) % self.context
+        key_positions = torch.cat([state["key_positions"], positions], dim=1)  # [B, C + T]
+        mask = causal_window_mask(positions, key_positions, self.context)
+        x = self.positions.add_sin(x, positions)
+        tables = self.positions.tables(positions)
+        for layer, keys, values in zip(self.layers, state["keys"], state["values"]):
+            x = layer(x, tables, mask, (keys, values, index))
+        state["key_positions"].index_copy_(1, index, positions)
+        state["offset"] += steps
+        state["pointer"] = (state["pointer"] + steps) % self.context
+        return x
+
+
+# ---------------------------------------------------------------------------------------- depth
+def stacked_linear(x: torch.Tensor, weight: torch.Tensor, schedule: tuple[int, ...]) -> torch.Tensor:
+    """x [N, T, in], weight [S, out, in] (S weight sets) -> [N, T, out]; position t uses set schedule[t]."""
+    if len(set(schedule)) == 1:
+        return x @ weight[schedule[0]].t()
+    return torch.einsum("nti,toi->nto", x, weight[list(schedule)])
+
+
+class StackedLinear(nn.Module):
+    def __init__(self, sets: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(sets, out_features, in_features))
+
+    def forward(self, x: torch.Tensor, schedule: tuple[int, ...]) -> torch.Tensor:
+        return stacked_linear(x, self.weight, schedule)
+
+
+class DepthAttention(nn.Module):
+    """S weight sets: `in_proj_weight` [S, (H + 2 KH) hd, D] (rows q, k, v) and `out_proj.weight` [S, D, D]."""
+
+    def __init__(self, sets: int, dim: int, num_heads: int, kv_repeat: int):
+        super().__init__()
+        self.num_heads, self.kv_repeat = num_heads, kv_repeat
+        self.in_proj_weight = nn.Parameter(torch.empty(sets, dim + 2 * (dim // kv_repeat), dim))
+        self.out_proj = StackedLinear(sets, dim, dim)
+
+    def forward(self, x: torch.Tensor, schedule, tables, mask) -> torch.Tensor:
+        """x [N, T, D], schedule: the weight set of each position; mask [1, 1, T, T]."""
+        proj = stacked_linear(x, self.in_proj_weight, schedule)
+        q, k, v = split_heads(proj, self.num_heads, self.num_heads // self.kv_repeat)
+        q, k = _rope(q, tables).transpose(1, 2), _rope(k, tables).transpose(1, 2)
+        return self.out_proj(attend(q, k, v.transpose(1, 2), mask, self.kv_repeat), schedule)
+
+
+class DepthLayer(FeedForwardLayer):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        dim = cfg.depformer_dim
+        self.norm1 = make_norm(cfg.norm, dim)
+        self.self_attn = DepthAttention(cfg.depformer_weight_sets, dim, cfg.depformer_num_heads, cfg.depformer_kv_repeat)
+        self.norm2 = make_norm(cfg.norm, dim)
+        self.build_ffn(dim, cfg.depformer_feedforwards, cfg.depformer_gating, cfg.depformer_weights_per_step)
+        scaled = cfg.depformer_layer_scale is not None
+        self.layer_scale_1 = LayerScale(dim, cfg.depformer_layer_scale) if scaled else nn.Identity()
+        self.layer_scale_2 = LayerScale(dim, cfg.depformer_layer_scale) if scaled else nn.Identity()
+
+    def forward(self, x, schedule, tables, mask):
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), schedule, tables, mask))
+        return x + self.layer_scale_2(self.ffn(self.norm2(x), schedule))
+
+
+class DepthTransformer(nn.Module):
+    """[N, K, Dd] (one row per time step, one position per codebook) -> [N, K, Dd]."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.schedule = cfg.depformer_schedule
+        head_dim = cfg.depformer_dim // cfg.depformer_num_heads
+        self.positions = Positions(cfg.depformer_pos_emb, head_dim, cfg.depformer_max_period, cfg.positional_scale)
+        self.layers = nn.ModuleList([DepthLayer(cfg) for _ in range(cfg.depformer_num_layers)])
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Positions start .. start + K - 1 (codebook steps), each with its own weight set."""
+        steps = x.shape[1]
+        schedule = self.schedule[start: start + steps]
+        positions = torch.arange(start, start + steps, device=x.device)[None]
+        mask = causal_window_mask(positions, positions, None)
+        x = self.positions.add_sin(x, positions)
+        tables = self.positions.tables(positions)
+        for layer in self.layers:
+            x = layer(x, schedule, tables, mask)
+        return x
