@@ -32,7 +32,7 @@ class StreamingConv1d(Stateful):
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride,
                               dilation=dilation, groups=groups, bias=bias)
         if groups == 1:
-            self.conv.weight = layout.input_major(self.conv.weight)
+            self.conv.weight = layout.small_batch_layout(self.conv.weight)
         self.stride = stride
         self.pad_mode = pad_mode
         self.history = (kernel_size - 1) * dilation + 1 - stride  # samples carried between calls
@@ -77,9 +77,7 @@ class StreamingConv1d(Stateful):
             return F.conv1d(x, conv.weight.contiguous(), conv.bias, self.stride, 0, dilation, conv.groups)
         patches = x.unfold(-1, span, self.stride)[..., ::dilation]  # [B, C_in, steps, kernel]
         patches = patches.permute(0, 2, 1, 3).flatten(2)  # [B, steps, C_in * kernel]
-        y = layout.matmul(patches, layout.input_major_matrix(conv.weight))  # [B, steps, C_out]
-        if conv.bias is not None:
-            y = y + conv.bias
+        y = layout.linear(patches, conv.weight, conv.bias)  # [B, steps, C_out]
         return y.transpose(1, 2)
 
     def _initial_history(self, x: torch.Tensor) -> torch.Tensor:

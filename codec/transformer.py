@@ -35,9 +35,9 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
-        self.in_proj_weight = layout.input_major(nn.init.xavier_uniform_(torch.empty(3 * dim, dim)))  # rows: q, k, v
+        self.in_proj_weight = layout.small_batch_layout(nn.init.xavier_uniform_(torch.empty(3 * dim, dim)))  # rows: q, k, v
         self.out_proj = nn.Linear(dim, dim, bias=False)
-        self.out_proj.weight = layout.input_major(self.out_proj.weight)
+        self.out_proj.weight = layout.small_batch_layout(self.out_proj.weight)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -66,7 +66,7 @@ class TransformerLayer(nn.Module):
         self.linear1 = nn.Linear(dim, cfg.dim_feedforward, bias=False)
         self.linear2 = nn.Linear(cfg.dim_feedforward, dim, bias=False)
         for linear in (self.linear1, self.linear2):
-            linear.weight = layout.input_major(linear.weight)
+            linear.weight = layout.small_batch_layout(linear.weight)
         scaled = cfg.layer_scale is not None
         self.layer_scale_1 = LayerScale(dim) if scaled else nn.Identity()
         self.layer_scale_2 = LayerScale(dim) if scaled else nn.Identity()

@@ -1,1 +1,6 @@
 """The multistream audio language model (temporal + depth transformer), its configs and loading."""
+
+from antiphon.lm.config import LMConfig
+from antiphon.lm.model import LM, LMOutput
+
+__all__ = ["LM", "LMConfig", "LMOutput"]

@@ -18,12 +18,18 @@ ACTIVATIONS = {
 }
 
 
+def small_batch_weight(out_features: int, in_features: int) -> nn.Parameter:
+    """An uninitialized [out, in] weight in the storage layout that few-row CPU matmuls read fastest
+    (kernels.layout); `layout.linear` applies it."""
+    return layout.small_batch_layout(torch.empty(out_features, in_features))
+
+
 class Linear(nn.Module):
-    """A bias-free linear layer, weight [out, in] stored input-major for fast few-row CPU matmuls."""
+    """A bias-free linear layer, weight [out, in] in the small-batch storage layout."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
-        self.weight = layout.input_major(torch.empty(out_features, in_features))
+        self.weight = small_batch_weight(out_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return layout.linear(x, self.weight)

@@ -38,15 +38,17 @@ class LM(nn.Module):
         super().__init__()
         cfg = config or LMConfig()
         self.config = cfg
+        self.source = None  # where from_pretrained found it (lm.checkpoint.Source)
         self.emb = nn.ModuleList([Embedding(cfg.card + 1, cfg.dim) for _ in range(cfg.n_q)])
         self.text_emb = Embedding(cfg.text_card + 1, cfg.dim, demux=cfg.demux_second_stream)
         self.transformer = TemporalTransformer(cfg)
         self.out_norm = make_norm(cfg.norm, cfg.dim)
         self.text_linear = Linear(cfg.dim, cfg.text_out)
         self.extra_heads = nn.ModuleList([Linear(cfg.dim, cfg.extra_heads_dim) for _ in range(cfg.extra_heads_num_heads)])
+        dd, low_rank = cfg.depformer_dim, cfg.depformer_low_rank_embeddings
+        # Present even without a depformer (dep_q = 0) when not multi-linear, as in the released files.
+        self.depformer_in = nn.ModuleList([Linear(cfg.dim, dd) for _ in range(cfg.depformer_in_count)])
         if cfg.dep_q:
-            dd, low_rank = cfg.depformer_dim, cfg.depformer_low_rank_embeddings
-            self.depformer_in = nn.ModuleList([Linear(cfg.dim, dd) for _ in range(cfg.depformer_in_count)])
             # Codebook k > 0 takes the token of codebook k - 1; the last codebook is never an input.
             self.depformer_emb = nn.ModuleList([Embedding(cfg.card + 1, dd, low_rank) for _ in range(cfg.dep_q - 1)])
             self.depformer_text_emb = Embedding(cfg.text_card + 1, dd, low_rank, demux=cfg.demux_second_stream)

@@ -20,7 +20,7 @@ from antiphon.kernels import layout
 from antiphon.kernels.rope import apply_rope, rope_tables
 from antiphon.lm.config import LMConfig
 from antiphon.lm.layers import (FeedForwardLayer, LayerScale, Linear, attend, causal_window_mask, make_norm,
-                                sin_embedding, split_heads)
+                                sin_embedding, small_batch_weight, split_heads)
 from antiphon.stateful import Stateful
 
 
@@ -53,7 +53,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads, self.kv_repeat = num_heads, kv_repeat
         kv_dim = dim // kv_repeat
-        self.in_proj_weight = layout.input_major(torch.empty(dim + 2 * kv_dim, dim))
+        self.in_proj_weight = small_batch_weight(dim + 2 * kv_dim, dim)
         self.out_proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, tables, mask: torch.Tensor, cache=None) -> torch.Tensor:

@@ -1,0 +1,226 @@
+"""Load and save LM checkpoints in the released format (reference §2.7, moshi7b_keys.tsv).
+
+Released names equal antiphon's module names, except that each depformer layer keeps its S per-step
+attention weight sets stacked: antiphon's `self_attn.in_proj_weight` [S, 3Dd, Dd] and
+`self_attn.out_proj.weight` [S, Dd, Dd] are stored flat, [S * 3Dd, Dd] and [S * Dd, Dd] (the legacy
+fused names). Also accepted on load: the per-step module names of newer state dicts
+(`self_attn.in_projs.{i}.weight`, `self_attn.out_projs.{i}.weight`), stacked in step order.
+
+A source is a local directory, a .safetensors file, or a Hugging Face repo id. The repository's
+config.json names the weights (`moshi_name`), the codec (`mimi_name`) and the text tokenizer
+(`tokenizer_name`); a name may also be `hf://owner/repo/path`. No config.json means Moshi 7B.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from antiphon.codec.checkpoint import read_safetensors
+from antiphon.errors import CheckpointError
+from antiphon.lm.config import LMConfig
+from antiphon.lm.model import LM
+
+logger = logging.getLogger(__name__)
+
+_STACKED = re.compile(r"^depformer\.layers\.\d+\.self_attn\.(in_proj_weight|out_proj\.weight)$")
+_PER_STEP = re.compile(r"^(.*\.self_attn)\.(in_projs|out_projs)\.(\d+)\.weight$")
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+# ---------------------------------------------------------------------- sources
+class Source:
+    """Where a model's files come from: a local directory or a Hugging Face repo id."""
+
+    def __init__(self, directory: Path | None = None, repo_id: str | None = None):
+        self.directory, self.repo_id = directory, repo_id
+        self._offline = False
+
+    def __str__(self) -> str:
+        return str(self.directory) if self.directory is not None else self.repo_id
+
+    @classmethod
+    def parse(cls, source: str | Path) -> tuple["Source", Path | None]:
+        """-> (the source, an explicit weights file or None)."""
+        path = Path(source).expanduser()
+        if path.is_dir():
+            return cls(directory=path), None
+        if path.is_file():
+            return cls(directory=path.parent), path
+        if isinstance(source, str) and _REPO_ID.fullmatch(source) and not source.endswith(".safetensors"):
+            return cls(repo_id=source), None
+        raise CheckpointError(f"LM checkpoint not found: {source} (give a directory, a .safetensors file or a repo id)")
+
+    def fetch(self, name: str, required: bool = True) -> Path | None:
+        """A file of this source (or `hf://owner/repo/path` anywhere) -> its local path; None when absent
+        and not `required`."""
+        if name.startswith("hf://"):
+            parts = name.removeprefix("hf://").split("/")
+            return Source(repo_id="/".join(parts[:2])).fetch("/".join(parts[2:]), required)
+        if self.directory is not None:
+            path = self.directory / name
+            if path.is_file():
+                return path
+            if required:
+                raise CheckpointError(f"{self.directory} has no {name}")
+            return None
+        return self._fetch_from_hub(name, required)
+
+    def _fetch_from_hub(self, name: str, required: bool) -> Path | None:
+        """Through huggingface_hub and its cache; the first connection failure switches to the local
+        cache only, so that an offline machine answers at once."""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(self.repo_id, name, local_files_only=self._offline))
+        except EntryNotFoundError:
+            if required:
+                raise CheckpointError(f"repo {self.repo_id} has no {name}") from None
+            return None
+        except LocalEntryNotFoundError:
+            self._offline = True
+            if required:
+                raise CheckpointError(f"{self.repo_id}: the Hugging Face hub cannot be reached and {name} is not in "
+                                      f"the local cache; give a local directory instead") from None
+            return None
+        except HfHubHTTPError as e:
+            raise CheckpointError(f"cannot fetch {name} from the Hugging Face hub repo {self.repo_id}: {e}") from None
+
+
+def read_config(source: Source) -> LMConfig:
+    path = source.fetch("config.json", required=False)
+    if path is None:
+        logger.warning("%s has no config.json: assuming Moshi 7B", source)
+        return LMConfig()
+    return LMConfig.from_json(path)
+
+
+# ---------------------------------------------------------------------- state-dict translation
+def antiphon_to_released(model: LM) -> dict[str, torch.Tensor]:
+    """Model state -> released names and shapes (stacked depformer weights flattened)."""
+    out = {}
+    for key, tensor in model.state_dict().items():
+        if _STACKED.match(key):
+            tensor = tensor.flatten(0, 1)
+        out[key] = tensor
+    return out
+
+
+def released_to_antiphon(state: dict[str, torch.Tensor], model: LM, origin: str) -> dict[str, torch.Tensor]:
+    """Released state -> the model's names and shapes, naming every missing, unexpected or misshaped tensor."""
+    state = _merge_per_step(state, origin)
+    expected = {k: v.shape for k, v in antiphon_to_released(model).items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [f"{k}: checkpoint {list(state[k].shape)}, model {list(expected[k])}"
+                 for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k]]
+    problems = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            problems.append(f"{title} tensors: {shown}")
+    if problems:
+        raise CheckpointError(f"{origin} does not fit the LM config: " + "; ".join(problems))
+    internal = model.state_dict()
+    return {k: v.view(internal[k].shape) if _STACKED.match(k) else v for k, v in state.items()}
+
+
+def _merge_per_step(state: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    """`self_attn.in_projs.{i}.weight` / `out_projs.{i}.weight` -> the fused, stacked legacy tensors."""
+    out, groups = {}, {}
+    for key, tensor in state.items():
+        match = _PER_STEP.match(key)
+        if match is None:
+            out[key] = tensor
+            continue
+        prefix, kind, step = match.group(1), match.group(2), int(match.group(3))
+        groups.setdefault((prefix, kind), {})[step] = tensor
+    for (prefix, kind), steps in groups.items():
+        name = f"{prefix}.in_proj_weight" if kind == "in_projs" else f"{prefix}.out_proj.weight"
+        if sorted(steps) != list(range(len(steps))):
+            raise CheckpointError(f"{origin}: {prefix}.{kind} has steps {sorted(steps)}, expected 0..{len(steps) - 1}")
+        if name in out:
+            raise CheckpointError(f"{origin} holds both {name} and {prefix}.{kind}.*")
+        try:
+            out[name] = torch.cat([steps[i] for i in range(len(steps))], dim=0)
+        except RuntimeError as e:
+            raise CheckpointError(f"{origin}: the steps of {prefix}.{kind} differ in shape: {e}") from None
+    return out
+
+
+# ---------------------------------------------------------------------- load / save
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_lm(source: str | Path, device=None, dtype=None) -> LM:
+    where, weights = Source.parse(source)
+    config = read_config(where)
+    weights = weights or where.fetch(config.moshi_name)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = dtype or default_dtype(device)
+    logger.info("loading LM from %s", weights)
+    state = read_safetensors(weights)
+    with torch.device("meta"):
+        model = LM(config)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    model.load_state_dict(released_to_antiphon(state, model, str(weights)))
+    if config.model_type == "hibiki":
+        # As the reference loader does: an early text EOS (2) reads as PAD (3).
+        with torch.no_grad():
+            model.text_emb.weight[2] = model.text_emb.weight[3]
+    model.source = where
+    return model.eval()
+
+
+def save_lm(model: LM, directory: str | Path) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / model.config.moshi_name
+    state = {k: v.detach().contiguous() for k, v in antiphon_to_released(model).items()}
+    save_file(state, str(weights))
+    model.config.save_json(directory / "config.json")
+    return weights
+
+
+# ---------------------------------------------------------------------- companions
+def _source_of(model: LM) -> Source:
+    source = getattr(model, "source", None)
+    if source is None:
+        raise CheckpointError("this LM was not loaded from a checkpoint: load its codec and tokenizer yourself "
+                              "(Codec.from_pretrained, sentencepiece)")
+    return source
+
+
+def load_companion_codec(model: LM):
+    from antiphon.codec import CodecConfig
+    from antiphon.codec.checkpoint import load_codec
+
+    source, cfg = _source_of(model), model.config
+    weights = source.fetch(cfg.mimi_name, required=False)
+    if weights is None:
+        raise CheckpointError(f"{source} has no codec weights {cfg.mimi_name}; load one with Codec.from_pretrained")
+    codec_config = None
+    if cfg.mimi_config_name:
+        codec_config = CodecConfig.from_json(source.fetch(cfg.mimi_config_name))
+    return load_codec(weights, num_codebooks=cfg.codec_num_codebooks, device=model.device, config=codec_config)
+
+
+def load_companion_tokenizer(model: LM):
+    source, cfg = _source_of(model), model.config
+    path = source.fetch(cfg.tokenizer_name, required=False)
+    if path is None:
+        raise CheckpointError(f"{source} has no text tokenizer {cfg.tokenizer_name}")
+    try:
+        import sentencepiece
+    except ImportError:
+        raise CheckpointError("the text tokenizer needs the sentencepiece package: pip install sentencepiece") from None
+    try:
+        return sentencepiece.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read the text tokenizer {path}: {e}") from None
