@@ -3,7 +3,9 @@
 `antiphon bench codec`: the codec streaming frame by frame (encode + decode of one 80 ms frame per
 call), antiphon against the reference implementation with the same weights, in the same run. The
 reference side runs in a child process from tests/reference/ (antiphon itself never imports the
-reference package); without it the figures are antiphon's alone.
+reference package); without it the figures are antiphon's alone. The two take turns, one streaming
+session each per round, so that a slow spell of a shared machine hits both: the speedup is the
+median of the rounds' ratios.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                "  antiphon bench codec --batch 4 --frames 100 --json codec-b4.json\n"
                "  antiphon bench codec --model kyutai/moshiko-pytorch-bf16 --no-reference")
     codec.add_argument("--model", metavar="SOURCE", help="codec weights (default: random weights at the full Mimi size)")
-    codec.add_argument("--frames", type=int, default=60, help="timed frames per implementation (default 60)")
+    codec.add_argument("--frames", type=int, default=40, help="timed frames per session (default 40)")
+    codec.add_argument("--rounds", type=int, default=3, help="sessions per implementation, taking turns (default 3)")
     codec.add_argument("--warmup", type=int, default=5, help="untimed frames first (default 5)")
     codec.add_argument("--batch", type=int, default=1, help="streams encoded together (default 1)")
     codec.add_argument("--num-codebooks", type=int, default=8, help="codebooks (default 8)")
@@ -118,42 +121,85 @@ def run_codec(args) -> int:
         wav = bench_audio(args.batch, args.frames + args.warmup, codec.frame_size).to(device)
         frame_ms = 1000 * codec.frame_size / codec.sample_rate
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        with codec.streaming(args.batch):
-            seconds, codes = time_frames(codec.encode, codec.decode, wav, codec.frame_size, args.warmup, sync,
-                                         progress="antiphon")
-        result = {
-            "benchmark": "codec streaming encode+decode per frame",
-            "machine": _machine(device),
-            "settings": {"batch": args.batch, "frames": args.frames, "warmup": args.warmup,
-                         "num_codebooks": args.num_codebooks, "model": args.model or "random (full Mimi size)",
-                         "device": str(device), "torch_threads": torch.get_num_threads()},
-            "antiphon": summarize(seconds, frame_ms),
-        }
-        if not args.no_reference:
-            result["reference"] = _run_reference(args, weights, codes, tmp)
-            if "ms_per_frame_median" in result["reference"]:
-                result["speedup_vs_reference"] = round(
-                    result["reference"]["ms_per_frame_median"] / result["antiphon"]["ms_per_frame_median"], 2)
+        reference = None if args.no_reference else ReferenceRunner.start(args, weights, tmp)
+        ours, theirs, ratios, agreement = [], [], [], []
+        try:
+            for r in tqdm(range(args.rounds), desc="rounds", leave=False):
+                with codec.streaming(args.batch):
+                    seconds, codes = time_frames(codec.encode, codec.decode, wav, codec.frame_size, args.warmup, sync)
+                ours += seconds
+                if isinstance(reference, ReferenceRunner):
+                    ref = reference.session(codes)
+                    theirs += ref["seconds"]
+                    agreement.append(ref["codes_agreement"])
+                    ratios.append(statistics.median(ref["seconds"]) / statistics.median(seconds))
+        finally:
+            if isinstance(reference, ReferenceRunner):
+                reference.close()
+    result = {
+        "benchmark": "codec streaming encode+decode per frame",
+        "machine": _machine(device),
+        "settings": {"batch": args.batch, "frames": args.frames, "warmup": args.warmup, "rounds": args.rounds,
+                     "num_codebooks": args.num_codebooks, "model": args.model or "random (full Mimi size)",
+                     "device": str(device), "torch_threads": torch.get_num_threads()},
+        "antiphon": summarize(ours, frame_ms),
+    }
+    if ratios:
+        result["reference"] = {**summarize(theirs, frame_ms), "implementation": reference.implementation,
+                               "codes_agreement": min(agreement)}
+        result["speedup_per_round"] = [round(x, 2) for x in ratios]
+        result["speedup_vs_reference"] = round(statistics.median(ratios), 2)
+    elif reference is not None:
+        result["reference"] = {"skipped": reference}
     _report(result, args.json or Path("bench-results") / f"codec-{time.strftime('%Y%m%d-%H%M%S')}.json")
     return 0
 
 
-def _run_reference(args, weights: Path | None, codes: torch.Tensor, tmp: str) -> dict:
-    if weights is None:
-        return {"skipped": "--model given: the reference runs on the random full-size weights only"}
-    if not REFERENCE_RUNNER.is_file():
-        return {"skipped": f"reference runner not found at {REFERENCE_RUNNER} (run from a source checkout)"}
-    codes_path = Path(tmp) / "antiphon-codes.pt"
-    torch.save(codes.cpu(), codes_path)
-    cmd = [sys.executable, str(REFERENCE_RUNNER), "--weights", str(weights), "--frames", str(args.frames),
-           "--warmup", str(args.warmup), "--batch", str(args.batch), "--num-codebooks", str(args.num_codebooks),
-           "--device", args.device, "--threads", str(torch.get_num_threads()), "--compare-codes", str(codes_path)]
-    logger.info("running the reference: %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        return {"skipped": f"reference failed: {tail[0]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+class ReferenceRunner:
+    """The reference codec in a child process (tests/reference/codec_bench.py): one streaming session
+    per `session` call, over the same audio and weights, timed with the same loop."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.implementation = self._read()["implementation"]
+
+    @classmethod
+    def start(cls, args, weights: Path | None, tmp: str) -> "ReferenceRunner | str":
+        """The runner, or why there is none."""
+        if weights is None:
+            return "--model given: the reference runs on the random full-size weights only"
+        if not REFERENCE_RUNNER.is_file():
+            return f"reference runner not found at {REFERENCE_RUNNER} (run from a source checkout)"
+        cmd = [sys.executable, str(REFERENCE_RUNNER), "--weights", str(weights), "--frames", str(args.frames),
+               "--warmup", str(args.warmup), "--batch", str(args.batch), "--num-codebooks", str(args.num_codebooks),
+               "--device", args.device, "--threads", str(torch.get_num_threads()), "--codes-dir", tmp]
+        logger.info("starting the reference: %s", " ".join(cmd))
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        try:
+            return cls(proc)
+        except RuntimeError as e:
+            return str(e)
+
+    def session(self, codes: torch.Tensor) -> dict:
+        path = Path(self.proc.args[self.proc.args.index("--codes-dir") + 1]) / "antiphon-codes.pt"
+        torch.save(codes.cpu(), path)
+        self.proc.stdin.write("session\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=30)
+            tail = self.proc.stderr.read().strip().splitlines()[-1:] or ["(no output)"]
+            raise RuntimeError(f"reference failed: {tail[0]}")
+        return json.loads(line)
 
 
 def _machine(device: torch.device) -> dict:
@@ -186,8 +232,9 @@ def _report(result: dict, path: Path) -> None:
     for name, r in rows:
         print(f"  {name:10s} {r['ms_per_frame_median']:10.2f} {r['ms_per_frame_p90']:8.2f} {r['real_time_factor']:12.2f}")
     if "speedup_vs_reference" in result:
-        print(f"  antiphon is {result['speedup_vs_reference']:.2f}x faster than the reference "
-              f"(codes agree on {100 * ref['codes_agreement']:.2f}%)")
+        print(f"  antiphon is {result['speedup_vs_reference']:.2f}x faster than the reference (median of rounds "
+              f"{', '.join(f'{x:.2f}' for x in result['speedup_per_round'])}; codes agree on "
+              f"{100 * ref['codes_agreement']:.2f}%)")
     elif "skipped" in ref:
         print(f"  reference: {ref['skipped']}")
     path.parent.mkdir(parents=True, exist_ok=True)

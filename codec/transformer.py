@@ -16,7 +16,7 @@ from torch import nn
 
 from antiphon.codec.config import CodecConfig
 from antiphon.kernels import layout
-from antiphon.kernels.rope import apply_rope, rope_tables
+from antiphon.kernels.rope import apply_rope, rope_rotation
 from antiphon.stateful import Stateful
 
 PIECE = 8  # most steps written to the ring at once (a code frame is 2 steps)
@@ -27,8 +27,14 @@ class LayerScale(nn.Module):
         super().__init__()
         self.scale = nn.Parameter(torch.full((dim,), 0.01))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale
+    def residual(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """x + scale * update, in one op."""
+        return torch.addcmul(x, update, self.scale)
+
+
+class NoScale(nn.Module):
+    def residual(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        return x + update
 
 
 class SelfAttention(nn.Module):
@@ -39,13 +45,12 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.out_proj.weight = layout.small_batch_layout(self.out_proj.weight)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, mask: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """x [B, T, D]; mask [B or 1, 1, T, S] (additive: 0 or -inf); cache (keys, values [B, H, S, hd],
+        """x [B, T, D]; rotation: RoPE [B or 1, T, hd / 2]; mask [B or 1, 1, T, S] (additive: 0 or -inf); cache (keys, values [B, H, S, hd],
         ring index [T] where this chunk's keys go) or None for offline (S = T)."""
         qkv = layout.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, hd]
-        q = apply_rope(qkv[:, :, 0], cos, sin).transpose(1, 2)  # [B, H, T, hd]
-        k = apply_rope(qkv[:, :, 1], cos, sin).transpose(1, 2)
+        q, k = apply_rope(qkv[:, :, :2], rotation).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         v = qkv[:, :, 2].transpose(1, 2)
         if cache is not None:
             keys, values, index = cache
@@ -68,12 +73,13 @@ class TransformerLayer(nn.Module):
         for linear in (self.linear1, self.linear2):
             linear.weight = layout.small_batch_layout(linear.weight)
         scaled = cfg.layer_scale is not None
-        self.layer_scale_1 = LayerScale(dim) if scaled else nn.Identity()
-        self.layer_scale_2 = LayerScale(dim) if scaled else nn.Identity()
+        self.layer_scale_1 = LayerScale(dim) if scaled else NoScale()
+        self.layer_scale_2 = LayerScale(dim) if scaled else NoScale()
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), cos, sin, mask, cache))
-        return x + self.layer_scale_2(layout.linear(F.gelu(layout.linear(self.norm2(x), self.linear1.weight)), self.linear2.weight))
+    def forward(self, x, rotation, mask, cache):
+        x = self.layer_scale_1.residual(x, self.self_attn(self.norm1(x), rotation, mask, cache))
+        update = layout.linear(F.gelu(layout.linear(self.norm2(x), self.linear1.weight)), self.linear2.weight)
+        return self.layer_scale_2.residual(x, update)
 
 
 class CodecTransformer(Stateful):
@@ -115,9 +121,9 @@ class CodecTransformer(Stateful):
         positions = torch.arange(x.shape[1], device=x.device)
         delta = positions[:, None] - positions[None, :]
         mask = _additive((delta >= 0) & (delta < self.context))[None, None]  # [1, 1, T, T]
-        cos, sin = rope_tables(positions[None], self.head_dim, self.max_period)
+        rotation = rope_rotation(positions[None], self.head_dim, self.max_period)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, None)
+            x = layer(x, rotation, mask, None)
         return x
 
     def _streaming(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,9 +134,9 @@ class CodecTransformer(Stateful):
         key_positions = state["key_positions"].index_copy_(1, index, positions)  # [B, S]
         delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, S]
         mask = _additive((key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context))[:, None]
-        cos, sin = rope_tables(positions, self.head_dim, self.max_period)
+        rotation = rope_rotation(positions, self.head_dim, self.max_period)
         for layer, keys, values in zip(self.layers, state["keys"], state["values"]):
-            x = layer(x, cos, sin, mask, (keys, values, index))
+            x = layer(x, rotation, mask, (keys, values, index))
         state["offset"] += steps
         state["pointer"] = (state["pointer"] + steps) % self.capacity
         return x

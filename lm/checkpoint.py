@@ -168,8 +168,9 @@ def load_lm(source: str | Path, device=None, dtype=None) -> LM:
     state = read_safetensors(weights)
     with torch.device("meta"):
         model = LM(config)
+    state = released_to_antiphon(state, model, str(weights))  # checked before any memory is allocated
     model = model.to(dtype=dtype).to_empty(device=device)
-    model.load_state_dict(released_to_antiphon(state, model, str(weights)))
+    model.load_state_dict(state)
     if config.model_type == "hibiki":
         # As the reference loader does: an early text EOS (2) reads as PAD (3).
         with torch.no_grad():

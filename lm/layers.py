@@ -4,8 +4,6 @@ token embeddings. Module and parameter names follow the released checkpoints (re
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -191,12 +189,3 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         v = v.repeat_interleave(kv_repeat, dim=1)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2).flatten(2)
-
-
-def init_uniform_(module: nn.Module, seed: int | None = None) -> None:
-    """Fill every parameter with small random values (for tests and meta-built models)."""
-    g = torch.Generator().manual_seed(seed) if seed is not None else None
-    with torch.no_grad():
-        for p in module.parameters():
-            bound = 1 / math.sqrt(p.shape[-1])
-            p.copy_(torch.empty(p.shape).uniform_(-bound, bound, generator=g))

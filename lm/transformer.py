@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from antiphon.kernels import layout
-from antiphon.kernels.rope import apply_rope, rope_tables
+from antiphon.kernels.rope import apply_rope, rope_rotation
 from antiphon.lm.config import LMConfig
 from antiphon.lm.layers import (FeedForwardLayer, LayerScale, Linear, attend, causal_window_mask, make_norm,
                                 sin_embedding, small_batch_weight, split_heads)
@@ -37,12 +37,12 @@ class Positions:
             return x
         return x + (self.scale * sin_embedding(positions, x.shape[-1], self.max_period)).to(x.dtype)
 
-    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return rope_tables(positions, self.head_dim, self.max_period) if self.rope else None
+    def tables(self, positions: torch.Tensor) -> torch.Tensor | None:
+        return rope_rotation(positions, self.head_dim, self.max_period) if self.rope else None
 
 
-def _rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    return x if tables is None else apply_rope(x, *tables)
+def _rope(x: torch.Tensor, tables: torch.Tensor | None) -> torch.Tensor:
+    return x if tables is None else apply_rope(x, tables)
 
 
 # ---------------------------------------------------------------------------------------- temporal

@@ -7,7 +7,7 @@ import torch
 
 from antiphon.codec import CodecConfig
 from antiphon.codec.transformer import CodecTransformer
-from antiphon.kernels.rope import apply_rope, rope_tables
+from antiphon.kernels.rope import apply_rope, rope_rotation
 from antiphon.stateful import reset_streaming, start_streaming, stop_streaming
 
 CONFIG = CodecConfig(dimension=16, num_heads=2, num_layers=2, dim_feedforward=32, context=6)
@@ -77,15 +77,13 @@ def test_reset_restarts_one_slot_and_leaves_the_others_bit_identical():
 def test_rope_rotates_interleaved_pairs():
     x = torch.zeros(1, 1, 1, 4)
     x[..., 0] = 1.0  # the pair (x0, x1) = (1, 0)
-    cos, sin = rope_tables(torch.tensor([[3]]), head_dim=4, max_period=10000.0)
-    out = apply_rope(x, cos, sin)[0, 0, 0]
+    out = apply_rope(x, rope_rotation(torch.tensor([[3]]), head_dim=4, max_period=10000.0))[0, 0, 0]
     torch.testing.assert_close(out, torch.tensor([torch.cos(torch.tensor(3.0)), torch.sin(torch.tensor(3.0)), 0, 0]))
     # relative positions only: <rope(q, m), rope(k, n)> depends on m - n
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
     def dot(m, n):
-        cq, sq = rope_tables(torch.tensor([[m]]), 8, 100.0)
-        ck, sk = rope_tables(torch.tensor([[n]]), 8, 100.0)
-        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
+        rq, rk = rope_rotation(torch.tensor([[m]]), 8, 100.0), rope_rotation(torch.tensor([[n]]), 8, 100.0)
+        return (apply_rope(q, rq) * apply_rope(k, rk)).sum()
 
     torch.testing.assert_close(dot(7, 3), dot(104, 100), rtol=1e-5, atol=1e-5)

@@ -1,16 +1,19 @@
 """The reference side of `antiphon bench codec`: Kyutai's Mimi (the `moshi` package) streaming frame by
-frame on the same weights, timed with the same loop. Prints one JSON line. Run by the bench, not by pytest."""
+frame on the same weights, timed with the same loop. Run by the bench, not by pytest: it prints one
+JSON line when ready, then one per `session` line read on stdin (a fresh streaming session over the
+bench audio, its per-frame seconds, and how its codes agree with antiphon's, saved in --codes-dir)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 from moshi.models import loaders
 
-from antiphon.apps.bench_cmd import bench_audio, summarize, time_frames
+from antiphon.apps.bench_cmd import bench_audio, time_frames
 from antiphon.codec.checkpoint import config_beside
 
 
@@ -23,7 +26,7 @@ def main() -> None:
     p.add_argument("--num-codebooks", type=int, required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--compare-codes", type=Path, default=None)
+    p.add_argument("--codes-dir", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -31,14 +34,15 @@ def main() -> None:
     mimi = loaders.get_mimi(args.weights, config.to_kyutai(), device=device, num_codebooks=args.num_codebooks)
     wav = bench_audio(args.batch, args.frames + args.warmup, config.frame_size).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.no_grad(), mimi.streaming(args.batch):
-        seconds, codes = time_frames(mimi.encode, mimi.decode, wav, config.frame_size, args.warmup, sync)
-    result = summarize(seconds, 1000 * config.frame_size / config.sample_rate)
-    result["implementation"] = "moshi " + __import__("moshi").__version__
-    if args.compare_codes:
-        theirs = torch.load(args.compare_codes)
-        result["codes_agreement"] = round((theirs == codes.cpu()).float().mean().item(), 5)
-    print(json.dumps(result))
+    print(json.dumps({"implementation": "moshi " + __import__("moshi").__version__}), flush=True)
+    for command in sys.stdin:
+        if command.strip() != "session":
+            continue
+        with torch.no_grad(), mimi.streaming(args.batch):
+            seconds, codes = time_frames(mimi.encode, mimi.decode, wav, config.frame_size, args.warmup, sync)
+        theirs = torch.load(args.codes_dir / "antiphon-codes.pt")
+        agreement = (theirs == codes.cpu()).float().mean().item()
+        print(json.dumps({"seconds": seconds, "codes_agreement": round(agreement, 5)}), flush=True)
 
 
 if __name__ == "__main__":
