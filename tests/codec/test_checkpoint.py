@@ -13,7 +13,7 @@ from antiphon.codec import Codec, CodecConfig
 from antiphon.codec.checkpoint import MIMI_FILENAME, antiphon_to_released
 from antiphon.errors import CheckpointError
 
-from .tiny import TINY, chirp_audio, make_tiny_codec
+from .tiny import TINY, chirp_audio
 
 DATA = Path(__file__).parent.parent / "data"
 
