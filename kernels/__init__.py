@@ -1,1 +1,2 @@
-"""Triton kernels, each beside its plain-torch reference, and the one place that picks which runs."""
+"""Kernels: each plain-torch reference (the one that runs without a GPU) beside its Triton kernel,
+and the CPU weight layouts for small-batch inference (layout.py)."""

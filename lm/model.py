@@ -105,6 +105,19 @@ class LM(nn.Module):
 
         return load_companion_tokenizer(self)
 
+    # ------------------------------------------------------------------ streaming generation
+    def generator(self, batch_size: int, temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250,
+                  top_k_text: int = 25, cfg_coef: float = 1.0, condition: torch.Tensor | None = None,
+                  rng: torch.Generator | None = None, check_inputs: bool = True):
+        """A streaming generation state for `batch_size` slots (lm.generate.LMGenerator): `step(codes
+        [B, n_q - dep_q, 1])` -> None or tokens [B, 1 + dep_q, 1]; `reset(mask [B])`. Temperatures <= 0
+        are greedy; `rng` (a torch.Generator on the model's device) makes sampling deterministic;
+        cfg_coef != 1 needs `condition` [2B, D] (conditioned rows, then null rows)."""
+        from antiphon.lm.generate import LMGenerator
+
+        return LMGenerator(self, batch_size, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text,
+                           cfg_coef=cfg_coef, condition=condition, rng=rng, check_inputs=check_inputs)
+
     # ------------------------------------------------------------------ teacher-forced forward
     @torch.no_grad()
     def forward(self, codes: torch.Tensor, conditions=None) -> LMOutput:

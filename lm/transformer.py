@@ -8,7 +8,9 @@ a slot can be reset alone.
 
 `DepthTransformer` (the depformer): over the dep_q codebooks of one time step, causal, no window,
 weights chosen per codebook step (stacked attention projections [S, out, in], one FFN per weight set),
-norms shared.
+norms shared. Generation runs it one codebook at a time (`step`) over a KV cache of dep_q positions
+per row (`init_cache`); step k writes position k and reads positions 0..k, so the cache needs no
+reset between time steps.
 """
 
 from __future__ import annotations
@@ -174,12 +176,18 @@ class DepthAttention(nn.Module):
         self.in_proj_weight = nn.Parameter(torch.empty(sets, dim + 2 * (dim // kv_repeat), dim))
         self.out_proj = StackedLinear(sets, dim, dim)
 
-    def forward(self, x: torch.Tensor, schedule, tables, mask) -> torch.Tensor:
-        """x [N, T, D], schedule: the weight set of each position; mask [1, 1, T, T]."""
+    def forward(self, x: torch.Tensor, schedule, tables, mask, cache=None) -> torch.Tensor:
+        """x [N, T, D], schedule: the weight set of each position; mask [1, 1, T, T]. With cache
+        (keys, values [N, KH, dep_q, hd], position k): T = 1, written at k, attends to 0..k (mask unused)."""
         proj = stacked_linear(x, self.in_proj_weight, schedule)
         q, k, v = split_heads(proj, self.num_heads, self.num_heads // self.kv_repeat)
-        q, k = _rope(q, tables).transpose(1, 2), _rope(k, tables).transpose(1, 2)
-        return self.out_proj(attend(q, k, v.transpose(1, 2), mask, self.kv_repeat), schedule)
+        q, k, v = _rope(q, tables).transpose(1, 2), _rope(k, tables).transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            keys, values, position = cache
+            keys[:, :, position: position + 1] = k
+            values[:, :, position: position + 1] = v
+            k, v, mask = keys[:, :, : position + 1], values[:, :, : position + 1], None
+        return self.out_proj(attend(q, k, v, mask, self.kv_repeat), schedule)
 
 
 class DepthLayer(FeedForwardLayer):
@@ -194,8 +202,8 @@ class DepthLayer(FeedForwardLayer):
         self.layer_scale_1 = LayerScale(dim, cfg.depformer_layer_scale) if scaled else nn.Identity()
         self.layer_scale_2 = LayerScale(dim, cfg.depformer_layer_scale) if scaled else nn.Identity()
 
-    def forward(self, x, schedule, tables, mask):
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), schedule, tables, mask))
+    def forward(self, x, schedule, tables, mask, cache=None):
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), schedule, tables, mask, cache))
         return x + self.layer_scale_2(self.ffn(self.norm2(x), schedule))
 
 
@@ -205,7 +213,8 @@ class DepthTransformer(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.schedule = cfg.depformer_schedule
-        head_dim = cfg.depformer_dim // cfg.depformer_num_heads
+        self.num_kv_heads = cfg.depformer_num_heads // cfg.depformer_kv_repeat
+        self.head_dim = head_dim = cfg.depformer_dim // cfg.depformer_num_heads
         self.positions = Positions(cfg.depformer_pos_emb, head_dim, cfg.depformer_max_period, cfg.positional_scale)
         self.layers = nn.ModuleList([DepthLayer(cfg) for _ in range(cfg.depformer_num_layers)])
 
@@ -219,4 +228,20 @@ class DepthTransformer(nn.Module):
         tables = self.positions.tables(positions)
         for layer in self.layers:
             x = layer(x, schedule, tables, mask)
+        return x
+
+    def init_cache(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one time step, each [layers, rows, KH, dep_q, hd], for `step`."""
+        w = self.layers[0].self_attn.in_proj_weight
+        shape = (len(self.layers), rows, self.num_kv_heads, len(self.schedule), self.head_dim)
+        return torch.zeros(shape, device=w.device, dtype=w.dtype), torch.zeros(shape, device=w.device, dtype=w.dtype)
+
+    def step(self, x: torch.Tensor, k: int, cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [N, 1, Dd], the input of codebook k -> [N, 1, Dd]; attends to codebooks 0..k of this time
+        step through `cache` (from `init_cache`), where positions 0..k-1 were written by the steps before."""
+        positions = torch.full((1, 1), k, device=x.device, dtype=torch.long)
+        x = self.positions.add_sin(x, positions)
+        tables = self.positions.tables(positions)
+        for layer, keys, values in zip(self.layers, *cache):
+            x = layer(x, (self.schedule[k],), tables, None, (keys, values, k))
         return x

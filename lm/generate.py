@@ -1,0 +1,188 @@
+"""Streaming generation with the multistream LM: one 80 ms step for B slots (reference §3.1).
+
+Per slot: a token cache [K = 1 + n_q, max_delay + 2] (a ring over time, -2 = not generated yet) and an
+offset (steps done). One step, for every slot at its own offset:
+
+1. the input codes of this frame go to the input rows at column (offset + delay_k) mod C;
+2. the model's input column is column offset mod C, with the initial token (text_card, card) wherever
+   offset <= delay_k (so the first input frame is never seen);
+3. temporal transformer (its own ring KV cache of `context` steps per slot) -> text logits -> text token;
+4. the depformer, codebook by codebook: its first input is the text token just sampled, then each
+   audio token just sampled (a fresh KV cache of dep_q positions every step);
+5. offset += 1; text and audio tokens go to column offset mod C;
+6. out: row k = column (offset - max_delay + delay_k) mod C: for every stream the frame
+   offset - 1 - max_delay. Slots with offset <= max_delay have nothing yet: -2 rows.
+
+Nothing in `step` reads a value on the host (shapes are fixed, sampling is an exponential race), except
+the optional range check of the input codes. `reset(mask)` restarts chosen slots as fresh ones and leaves
+the other slots bit-identical.
+
+CFG (cfg_coef != 1) doubles the rows: rows 0..B-1 take the conditioned sums `condition[:B]`, rows B..2B-1
+the null ones `condition[B:]`; text and depformer logits are mixed as null + (cond - null) * coef. lm/
+builds no conditioners yet, so the caller supplies the summed condition embeddings (the reference's sum
+fuser), [2B, D].
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from antiphon.errors import InputError
+from antiphon.lm.sampling import cfg_mix, sample
+from antiphon.stateful import stateful_modules
+
+UNGENERATED = -2
+
+
+class LMGenerator:
+    """Generation state for `batch_size` slots of one LM; see the module docstring. Build with `lm.generator`."""
+
+    def __init__(self, lm, batch_size: int, temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250,
+                 top_k_text: int = 25, cfg_coef: float = 1.0, condition: torch.Tensor | None = None,
+                 rng: torch.Generator | None = None, check_inputs: bool = True):
+        cfg = lm.config
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.lm, self.batch_size = lm, batch_size
+        self.temp, self.temp_text, self.top_k, self.top_k_text = temp, temp_text, top_k, top_k_text
+        self.cfg_coef, self.rng, self.check_inputs = float(cfg_coef), rng, check_inputs
+        self.rows = 2 * batch_size if self.cfg else batch_size
+        self.condition = self._check_condition(condition)
+        self.dep_q, self.n_in = cfg.dep_q, cfg.n_q - cfg.dep_q
+        self.max_delay = max(cfg.delays)
+        device = lm.device
+        self.delays = torch.tensor(cfg.delays, device=device, dtype=torch.long)  # [K]
+        self.initial = torch.tensor([lm.text_initial_token] + [lm.initial_token] * cfg.n_q, device=device)[None, :, None]
+        self.tokens = torch.full((batch_size, cfg.num_codebooks, self.max_delay + 2), UNGENERATED,
+                                 device=device, dtype=torch.long)  # [B, K, C]
+        self.offsets = torch.zeros(batch_size, device=device, dtype=torch.long)  # [B]
+        self.steps = 0  # host count of steps since all slots were last fresh (only decides None)
+        with torch.no_grad():
+            self.states = {m: m.init_state(self.rows) for m in stateful_modules(lm)}
+            self.depth_cache = lm.depformer.init_cache(self.rows) if self.dep_q else None
+        self.last_extra_heads: torch.Tensor | None = None  # [B, heads, dim] softmax probabilities
+
+    @property
+    def cfg(self) -> bool:
+        return self.cfg_coef != 1.0
+
+    # ------------------------------------------------------------------ public
+    @torch.no_grad()
+    def step(self, codes: torch.Tensor) -> torch.Tensor | None:
+        """codes int [B, n_q - dep_q, 1]: this frame of the input streams (audio codes in [0, card),
+        card = the initial / end-of-input token, -1 = the zero token) -> None while no slot has output
+        yet (the first max_delay + 1 steps), else tokens [B, 1 + dep_q, 1]: text, then the dep_q audio
+        codes, all of one frame (-2 rows for slots still within their first max_delay + 1 steps).
+        `last_extra_heads` then holds this step's extra-head probabilities [B, heads, dim]."""
+        self._check_codes(codes)
+        column = self._input_column(codes.to(self.tokens.device))  # [B, K, 1]
+        rows = column.repeat(2, 1, 1) if self.cfg else column
+        with self._streaming():
+            x = self.lm.embed(rows)  # [R, 1, D]
+            if self.condition is not None:
+                x = x + self.condition[:, None].to(x.dtype)
+            hidden = self.lm.out_norm(self.lm.transformer(x))  # [R, 1, D]
+        text = sample(self._mix(self.lm.text_linear(hidden[:, 0]).float()), self.temp_text, self.top_k_text, self.rng)
+        new = torch.stack([text] + self._depformer(text, hidden), dim=1)  # [B, 1 + dep_q]
+        if self.lm.extra_heads:
+            heads = torch.stack(self.lm.forward_extra_heads(hidden[: self.batch_size, 0]), dim=1)
+            self.last_extra_heads = torch.softmax(heads.float(), dim=-1)
+        return self._write_and_read(new)
+
+    @torch.no_grad()
+    def reset(self, mask: torch.Tensor) -> None:
+        """mask bool [B]: restart those slots as fresh ones (the others stay bit-identical)."""
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (self.batch_size,):
+            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise InputError(f"reset mask must be a bool tensor [B = {self.batch_size}], got {got}")
+        mask = mask.to(self.tokens.device)
+        rows = mask.repeat(2) if self.cfg else mask
+        for module, state in self.states.items():
+            module.reset_state(state, rows)
+        self.tokens.masked_fill_(mask[:, None, None], UNGENERATED)
+        self.offsets.masked_fill_(mask, 0)
+        if bool(mask.all()):  # outside the step: one host read
+            self.steps = 0
+
+    # ------------------------------------------------------------------ the step's parts
+    def _input_column(self, codes: torch.Tensor) -> torch.Tensor:
+        """Write this frame's input codes into the cache, read the model's input column [B, K, 1]."""
+        size = self.tokens.shape[2]
+        at = (self.offsets[:, None] + self.delays[None, 1 + self.dep_q:]) % size  # [B, n_in]
+        self.tokens[:, 1 + self.dep_q:].scatter_(2, at[..., None], codes)
+        now = (self.offsets % size)[:, None, None].expand(-1, self.tokens.shape[1], 1)
+        is_initial = self.offsets[:, None, None] <= self.delays[None, :, None]
+        return torch.where(is_initial, self.initial, self.tokens.gather(2, now))
+
+    def _depformer(self, text: torch.Tensor, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """text [B], hidden [R, 1, D] -> dep_q audio tokens, each [B]."""
+        lm, out, prev = self.lm, [], text
+        for k in range(self.dep_q):
+            prev = prev.repeat(2) if self.cfg else prev
+            embed = lm.depformer_text_emb if k == 0 else lm.depformer_emb[k - 1]
+            x = lm.depformer_in[lm._in_index(k)](hidden) + embed(prev[:, None])  # [R, 1, Dd]
+            y = lm.depformer.step(x, k, self.depth_cache)[:, 0]
+            logits = self._mix(lm.linears[k](lm._depformer_norm(k, y)).float())
+            prev = sample(logits, self.temp, self.top_k, self.rng)
+            out.append(prev)
+        return out
+
+    def _write_and_read(self, new: torch.Tensor) -> torch.Tensor | None:
+        """new [B, 1 + dep_q] (this step's tokens) -> the frame to emit [B, 1 + dep_q, 1] or None."""
+        size = self.tokens.shape[2]
+        self.offsets += 1
+        self.steps += 1
+        at = (self.offsets % size)[:, None, None].expand(-1, 1 + self.dep_q, 1)
+        self.tokens[:, : 1 + self.dep_q].scatter_(2, at, new[..., None])
+        if self.steps <= self.max_delay:
+            return None
+        back = (self.offsets[:, None] - self.max_delay + self.delays[None, : 1 + self.dep_q]) % size
+        out = self.tokens[:, : 1 + self.dep_q].gather(2, back[..., None])
+        return out.masked_fill_((self.offsets <= self.max_delay)[:, None, None], UNGENERATED)
+
+    def _mix(self, logits: torch.Tensor) -> torch.Tensor:
+        return cfg_mix(logits, self.cfg_coef) if self.cfg else logits
+
+    @contextlib.contextmanager
+    def _streaming(self):
+        """Install this generator's state in the model's stateful modules for one step only, so that the
+        model's offline forward and other generators of the same model are unaffected."""
+        for module, state in self.states.items():
+            module.state = state
+        try:
+            yield
+        finally:
+            for module in self.states:
+                module.state = None
+
+    # ------------------------------------------------------------------ checks
+    def _check_condition(self, condition: torch.Tensor | None) -> torch.Tensor | None:
+        dim = self.lm.config.dim
+        if condition is None:
+            if self.cfg:
+                raise InputError(f"cfg_coef={self.cfg_coef} needs conditioned and null rows: pass condition "
+                                 f"[2B, D = {dim}] (summed condition embeddings; this LM builds no conditioners "
+                                 f"to compute them), or use cfg_coef=1")
+            return None
+        if not isinstance(condition, torch.Tensor) or condition.shape != (self.rows, dim):
+            got = list(condition.shape) if isinstance(condition, torch.Tensor) else type(condition).__name__
+            what = "[2B, D] (conditioned rows, then null rows)" if self.cfg else "[B, D]"
+            raise InputError(f"condition must be {what} = [{self.rows}, {dim}], got {got}")
+        return condition.to(self.lm.device)
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        want = (self.batch_size, self.n_in, 1)
+        if not isinstance(codes, torch.Tensor) or tuple(codes.shape) != want:
+            got = list(codes.shape) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            raise InputError(f"step codes must be [B, n_q - dep_q, 1] = {list(want)} (one frame of the input "
+                             f"streams per slot), got {got}")
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
+            raise InputError(f"step codes must be an integer tensor, got {codes.dtype}")
+        if self.check_inputs and codes.numel():  # a host read: engines that trust their codec turn it off
+            low, high = int(codes.min()), int(codes.max())
+            card = self.lm.config.card
+            if low < -1 or high > card:
+                raise InputError(f"step codes must be in [-1, {card}] (-1: zero token, {card}: initial / end of "
+                                 f"input), got values in [{low}, {high}]")

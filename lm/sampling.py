@@ -1,0 +1,37 @@
+"""Token sampling without a host sync (reference §2.6): temperature, top-k, then the exponential race.
+
+argmax_i(p_i / E_i) with E_i ~ Exp(1) i.i.d. picks i with probability p_i / sum(p), the same law as
+torch.multinomial, but with fixed shapes and no data-dependent control flow, so a step that samples can
+be captured whole (one CUDA graph). Temperature <= 0 means greedy (argmax of the logits).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample(logits: torch.Tensor, temp: float, top_k: int = 0, rng: torch.Generator | None = None) -> torch.Tensor:
+    """logits [..., N] -> token ids [...] (long).
+
+    temp <= 0: argmax. Otherwise softmax(logits / temp), restricted to the top_k most likely ids when
+    0 < top_k < N, sampled by the exponential race with noise from `rng` (on the logits' device)."""
+    if temp <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temp, dim=-1)
+    if 0 < top_k < probs.shape[-1]:
+        probs, ids = probs.topk(top_k, dim=-1)  # [..., k]; renormalising is not needed by the race
+        return ids.gather(-1, exponential_race(probs, rng)[..., None])[..., 0]
+    return exponential_race(probs, rng)
+
+
+def exponential_race(probs: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+    """probs [..., N] (>= 0, not necessarily normalised) -> ids [...] drawn with probability probs / sum."""
+    noise = torch.empty_like(probs).exponential_(generator=rng)
+    return (probs / noise).argmax(dim=-1)
+
+
+def cfg_mix(logits: torch.Tensor, coef: float) -> torch.Tensor:
+    """Classifier-free guidance. logits [2B, ...] (rows 0..B-1 conditioned, B..2B-1 null) ->
+    [B, ...] = null + (conditioned - null) * coef."""
+    conditioned, null = logits.chunk(2)
+    return null + (conditioned - null) * coef
