@@ -45,19 +45,21 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.out_proj.weight = layout.small_batch_layout(self.out_proj.weight)
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor, mask: torch.Tensor,
-                cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-        """x [B, T, D]; rotation: RoPE [B or 1, T, hd / 2]; mask [B or 1, 1, T, S] (additive: 0 or -inf); cache (keys, values [B, H, S, hd],
-        ring index [T] where this chunk's keys go) or None for offline (S = T)."""
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, context: int, mask: torch.Tensor | None = None,
+                cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, T, D]; rotation: RoPE [B or 1, T, hd / 2]. Offline (no cache): steps 0..T-1, each
+        attending to the last `context` ones. Streaming: cache = (keys, values [B, H, S, hd], ring
+        index [T] where this call's keys go) and mask [B, 1, T, S] (additive: 0 or -inf)."""
         qkv = layout.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, hd]
         q, k = apply_rope(qkv[:, :, :2], rotation).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         v = qkv[:, :, 2].transpose(1, 2)
-        if cache is not None:
+        if cache is None:
+            out = _windowed_attention(q, k, v, context)
+        else:
             keys, values, index = cache
             keys.index_copy_(2, index, k)
             values.index_copy_(2, index, v)
-            k, v = keys, values
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, H, T, hd]
         return layout.linear(out.transpose(1, 2).flatten(2), self.out_proj.weight)
 
 
@@ -72,12 +74,13 @@ class TransformerLayer(nn.Module):
         self.linear2 = nn.Linear(cfg.dim_feedforward, dim, bias=False)
         for linear in (self.linear1, self.linear2):
             linear.weight = layout.small_batch_layout(linear.weight)
+        self.context = cfg.context
         scaled = cfg.layer_scale is not None
         self.layer_scale_1 = LayerScale(dim) if scaled else NoScale()
         self.layer_scale_2 = LayerScale(dim) if scaled else NoScale()
 
-    def forward(self, x, rotation, mask, cache):
-        x = self.layer_scale_1.residual(x, self.self_attn(self.norm1(x), rotation, mask, cache))
+    def forward(self, x, rotation, mask=None, cache=None):
+        x = self.layer_scale_1.residual(x, self.self_attn(self.norm1(x), rotation, self.context, mask, cache))
         update = layout.linear(F.gelu(layout.linear(self.norm2(x), self.linear1.weight)), self.linear2.weight)
         return self.layer_scale_2.residual(x, update)
 
@@ -119,11 +122,9 @@ class CodecTransformer(Stateful):
 
     def _offline(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)
-        delta = positions[:, None] - positions[None, :]
-        mask = _additive((delta >= 0) & (delta < self.context))[None, None]  # [1, 1, T, T]
         rotation = rope_rotation(positions[None], self.head_dim, self.max_period)
         for layer in self.layers:
-            x = layer(x, rotation, mask, None)
+            x = layer(x, rotation)
         return x
 
     def _streaming(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,7 +134,7 @@ class CodecTransformer(Stateful):
         index = (state["pointer"] + torch.arange(steps, device=x.device)) % self.capacity
         key_positions = state["key_positions"].index_copy_(1, index, positions)  # [B, S]
         delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, S]
-        mask = _additive((key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context))[:, None]
+        mask = _additive((key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context), x.dtype)[:, None]
         rotation = rope_rotation(positions, self.head_dim, self.max_period)
         for layer, keys, values in zip(self.layers, state["keys"], state["values"]):
             x = layer(x, rotation, mask, (keys, values, index))
@@ -142,7 +143,21 @@ class CodecTransformer(Stateful):
         return x
 
 
-def _additive(allowed: torch.Tensor) -> torch.Tensor:
-    """bool mask (True = attend) -> additive float mask (0 / -inf), which SDPA on CPU takes faster."""
-    return torch.zeros(allowed.shape, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """bool mask (True = attend) -> additive mask (0 / -inf), which SDPA on CPU takes faster."""
+    return torch.zeros(allowed.shape, device=allowed.device, dtype=dtype).masked_fill_(~allowed, float("-inf"))
+
+
+def _windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: int) -> torch.Tensor:
+    """Causal attention over the last `context` steps for q, k, v [B, H, T, hd] at positions 0..T-1,
+    in blocks of `context` queries so that memory grows with T * context, not T^2."""
+    steps = q.shape[2]
+    out = []
+    for start in range(0, steps, context):
+        end, first_key = min(start + context, steps), max(0, start - context + 1)
+        delta = torch.arange(start, end, device=q.device)[:, None] - torch.arange(first_key, end, device=q.device)
+        mask = _additive((delta >= 0) & (delta < context), q.dtype)
+        out.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, first_key:end],
+                                                  v[:, :, first_key:end], attn_mask=mask))
+    return torch.cat(out, dim=2)
 
