@@ -1,7 +1,7 @@
 """The reference side of `antiphon bench codec`: Kyutai's Mimi (the `moshi` package) streaming frame by
 frame on the same weights, timed with the same loop. Run by the bench, not by pytest: it prints one
 JSON line when ready, then one per `session` line read on stdin (a fresh streaming session over the
-bench audio, its per-frame seconds, and how its codes agree with antiphon's, saved in --codes-dir)."""
+bench audio, its per-frame seconds, and how its codes agree with antiphon's, saved at --codes)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from moshi.models import loaders
 
-from antiphon.apps.bench_cmd import bench_audio, time_frames
+from antiphon.apps.bench_codec import bench_audio, time_frames
 from antiphon.codec.checkpoint import config_beside
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--num-codebooks", type=int, required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--codes-dir", type=Path, required=True)
+    p.add_argument("--codes", type=Path, required=True, help="where antiphon leaves its codes before each session")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -40,7 +40,7 @@ def main() -> None:
             continue
         with torch.no_grad(), mimi.streaming(args.batch):
             seconds, codes = time_frames(mimi.encode, mimi.decode, wav, config.frame_size, args.warmup, sync)
-        theirs = torch.load(args.codes_dir / "antiphon-codes.pt")
+        theirs = torch.load(args.codes)
         agreement = (theirs == codes.cpu()).float().mean().item()
         print(json.dumps({"seconds": seconds, "codes_agreement": round(agreement, 5)}), flush=True)
 
