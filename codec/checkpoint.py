@@ -16,9 +16,9 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from antiphon.checkpoint_io import check_tensors, read_safetensors
 from antiphon.codec.config import CodecConfig
 from antiphon.codec.model import Codec
 from antiphon.errors import CheckpointError
@@ -218,29 +218,9 @@ def _released_name(key: str) -> str:
 
 
 # ---------------------------------------------------------------------- load / save
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path} (not a valid safetensors file?): {e}") from None
-
-
 def load_state(codec: Codec, state: dict[str, torch.Tensor], origin: str) -> None:
     """Copy a translated state dict into `codec`, naming every missing, unexpected or misshaped tensor."""
-    expected = codec.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = [f"{k}: checkpoint {list(state[k].shape)}, model {list(expected[k].shape)}"
-                 for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    problems = []
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
-        if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-            problems.append(f"{title} tensors: {shown}")
-    if problems:
-        raise CheckpointError(f"{origin} does not fit the codec config: " + "; ".join(problems))
+    check_tensors({k: v.shape for k, v in codec.state_dict().items()}, state, origin, "codec config")
     codec.load_state_dict(state)
     for rvq in (codec.quantizer.rvq_first, codec.quantizer.rvq_rest):
         rvq.refresh_search_tables()

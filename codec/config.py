@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from antiphon.checkpoint_io import read_json
 from antiphon.errors import CheckpointError
 
 
@@ -143,15 +144,7 @@ class CodecConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "CodecConfig":
-        path = Path(path)
-        try:
-            cfg = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"codec config not found: {path}") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"cannot read codec config {path}: {e}") from None
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"codec config {path} is not a JSON object")
+        cfg = read_json(path, "codec config")
         try:
             return cls.from_kyutai(cfg)
         except CheckpointError as e:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from antiphon.codec.checkpoint import read_safetensors
+from antiphon.checkpoint_io import check_tensors, read_safetensors
 from antiphon.errors import CheckpointError
 from antiphon.lm.config import LMConfig
 from antiphon.lm.model import LM
@@ -114,18 +114,7 @@ def antiphon_to_released(model: LM) -> dict[str, torch.Tensor]:
 def released_to_antiphon(state: dict[str, torch.Tensor], model: LM, origin: str) -> dict[str, torch.Tensor]:
     """Released state -> the model's names and shapes, naming every missing, unexpected or misshaped tensor."""
     state = _merge_per_step(state, origin)
-    expected = {k: v.shape for k, v in antiphon_to_released(model).items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = [f"{k}: checkpoint {list(state[k].shape)}, model {list(expected[k])}"
-                 for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k]]
-    problems = []
-    for title, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
-        if items:
-            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-            problems.append(f"{title} tensors: {shown}")
-    if problems:
-        raise CheckpointError(f"{origin} does not fit the LM config: " + "; ".join(problems))
+    check_tensors({k: v.shape for k, v in antiphon_to_released(model).items()}, state, origin, "LM config")
     internal = model.state_dict()
     return {k: v.view(internal[k].shape) if _STACKED.match(k) else v for k, v in state.items()}
 

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from antiphon.checkpoint_io import read_json
 from antiphon.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -229,15 +230,7 @@ class LMConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "LMConfig":
-        path = Path(path)
-        try:
-            cfg = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"LM config not found: {path}") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"cannot read LM config {path}: {e}") from None
-        if not isinstance(cfg, dict):
-            raise CheckpointError(f"LM config {path} is not a JSON object")
+        cfg = read_json(path, "LM config")
         try:
             return cls.from_kyutai(cfg)
         except CheckpointError as e:

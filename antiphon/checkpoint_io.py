@@ -1,0 +1,52 @@
+"""Reading checkpoint files, shared by every model: JSON configs, safetensors, and the check that a
+state dict fits a model (every missing, unexpected or misshaped tensor named)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from antiphon.errors import CheckpointError
+
+
+def read_json(path: str | Path, what: str) -> dict:
+    """A JSON object from `path`; CheckpointError naming `what` ("codec config", ...) otherwise."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} not found: {path}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {what} {path}: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{what} {path} is not a JSON object")
+    return value
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path} (not a valid safetensors file?): {e}") from None
+
+
+def check_tensors(expected: dict[str, torch.Size], state: dict[str, torch.Tensor], origin: str, what: str) -> None:
+    """Raise CheckpointError naming every tensor of `state` that is missing, unexpected or misshaped
+    against `expected` (name -> shape)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = [f"{k}: checkpoint {list(state[k].shape)}, model {list(expected[k])}"
+                 for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k]]
+    problems = []
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("misshaped", misshaped)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            problems.append(f"{title} tensors: {shown}")
+    if problems:
+        raise CheckpointError(f"{origin} does not fit the {what}: " + "; ".join(problems))
