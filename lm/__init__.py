@@ -1,6 +1,7 @@
 """The multistream audio language model (temporal + depth transformer), its configs and loading."""
 
 from antiphon.lm.config import LMConfig
+from antiphon.lm.generate import LMGenerator
 from antiphon.lm.model import LM, LMOutput
 
-__all__ = ["LM", "LMConfig", "LMOutput"]
+__all__ = ["LM", "LMConfig", "LMGenerator", "LMOutput"]
