@@ -1,11 +1,6 @@
 """The codec's 25 Hz transformers: pre-LayerNorm, interleaved RoPE, causal attention over a sliding
-window of `context` steps, exact-GELU MLP, layer scale, no biases.
-
-Streaming keeps, per layer, a ring of keys and values for every slot, written at one shared pointer;
-each slot has its own position counter, so slots reset at different times stay correct (keys of a
-slot's previous session carry position -1 and are masked). A call's steps are written before they
-attend, so the ring holds `context + PIECE - 1` steps and calls are taken in pieces of at most PIECE
-steps: no step ever loses a key of its window, and streaming equals offline.
+window of `context` steps, exact-GELU MLP, layer scale, no biases. Streaming keeps the keys and
+values of every slot in a KVRing (antiphon/kv_ring.py); streaming equals offline.
 """
 
 from __future__ import annotations
@@ -17,9 +12,8 @@ from torch import nn
 from antiphon.codec.config import CodecConfig
 from antiphon.kernels import layout
 from antiphon.kernels.rope import apply_rope, rope_rotation
+from antiphon.kv_ring import PIECE, KVRing, Step, additive_mask
 from antiphon.stateful import Stateful
-
-PIECE = 8  # most steps written to the ring at once (a code frame is 2 steps)
 
 
 class LayerScale(nn.Module):
@@ -45,21 +39,19 @@ class SelfAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
         self.out_proj.weight = layout.small_batch_layout(self.out_proj.weight)
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor, context: int, mask: torch.Tensor | None = None,
-                cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x [B, T, D]; rotation: RoPE [B or 1, T, hd / 2]. Offline (no cache): steps 0..T-1, each
-        attending to the last `context` ones. Streaming: cache = (keys, values [B, H, S, hd], ring
-        index [T] where this call's keys go) and mask [B, 1, T, S] (additive: 0 or -inf)."""
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, context: int,
+                ring: tuple[KVRing, int, Step] | None = None) -> torch.Tensor:
+        """x [B, T, D]; rotation: RoPE [B or 1, T, hd / 2]. Offline (no ring): steps 0..T-1, each
+        attending to the last `context` ones. Streaming: (the ring, this layer's index, the step)."""
         qkv = layout.linear(x, self.in_proj_weight).unflatten(-1, (3, self.num_heads, -1))  # [B, T, 3, H, hd]
         q, k = apply_rope(qkv[:, :, :2], rotation).permute(2, 0, 3, 1, 4)  # each [B, H, T, hd]
         v = qkv[:, :, 2].transpose(1, 2)
-        if cache is None:
+        if ring is None:
             out = _windowed_attention(q, k, v, context)
         else:
-            keys, values, index = cache
-            keys.index_copy_(2, index, k)
-            values.index_copy_(2, index, v)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, H, T, hd]
+            cache, layer, step = ring
+            keys, values = cache.write(layer, step.index, k, v)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=step.mask)  # [B, H, T, hd]
         return layout.linear(out.transpose(1, 2).flatten(2), self.out_proj.weight)
 
 
@@ -79,8 +71,8 @@ class TransformerLayer(nn.Module):
         self.layer_scale_1 = LayerScale(dim) if scaled else NoScale()
         self.layer_scale_2 = LayerScale(dim) if scaled else NoScale()
 
-    def forward(self, x, rotation, mask=None, cache=None):
-        x = self.layer_scale_1.residual(x, self.self_attn(self.norm1(x), rotation, self.context, mask, cache))
+    def forward(self, x, rotation, ring=None):
+        x = self.layer_scale_1.residual(x, self.self_attn(self.norm1(x), rotation, self.context, ring))
         update = layout.linear(F.gelu(layout.linear(self.norm2(x), self.linear1.weight)), self.linear2.weight)
         return self.layer_scale_2.residual(x, update)
 
@@ -91,26 +83,17 @@ class CodecTransformer(Stateful):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.context = cfg.context
-        self.capacity = cfg.context + PIECE - 1  # ring size
         self.max_period = cfg.max_period
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.dimension // cfg.num_heads
         self.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
 
-    def init_state(self, batch_size: int) -> dict:
+    def init_state(self, batch_size: int) -> KVRing:
         w = self.layers[0].self_attn.in_proj_weight
-        shape = (len(self.layers), batch_size, self.num_heads, self.capacity, self.head_dim)
-        return {
-            "keys": torch.zeros(shape, device=w.device, dtype=w.dtype),
-            "values": torch.zeros(shape, device=w.device, dtype=w.dtype),
-            "key_positions": torch.full((batch_size, self.capacity), -1, device=w.device, dtype=torch.long),
-            "offset": torch.zeros(batch_size, device=w.device, dtype=torch.long),  # steps seen per slot
-            "pointer": 0,  # next ring index, shared by all slots
-        }
+        return KVRing(len(self.layers), batch_size, self.num_heads, self.head_dim, self.context, w.device, w.dtype)
 
-    def reset_state(self, state: dict, mask: torch.Tensor) -> None:
-        state["key_positions"].masked_fill_(mask[:, None], -1)
-        state["offset"].masked_fill_(mask, 0)
+    def reset_state(self, state: KVRing, mask: torch.Tensor) -> None:
+        state.reset(mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, 2)  # [B, T, D]
@@ -128,24 +111,13 @@ class CodecTransformer(Stateful):
         return x
 
     def _streaming(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.state
-        steps = x.shape[1]
-        positions = state["offset"][:, None] + torch.arange(steps, device=x.device)  # [B, T]
-        index = (state["pointer"] + torch.arange(steps, device=x.device)) % self.capacity
-        key_positions = state["key_positions"].index_copy_(1, index, positions)  # [B, S]
-        delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, S]
-        mask = _additive((key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context), x.dtype)[:, None]
-        rotation = rope_rotation(positions, self.head_dim, self.max_period)
-        for layer, keys, values in zip(self.layers, state["keys"], state["values"]):
-            x = layer(x, rotation, mask, (keys, values, index))
-        state["offset"] += steps
-        state["pointer"] = (state["pointer"] + steps) % self.capacity
+        ring, steps = self.state, x.shape[1]
+        step = ring.begin(steps)
+        rotation = rope_rotation(step.positions, self.head_dim, self.max_period)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rotation, (ring, i, step))
+        ring.end(steps)
         return x
-
-
-def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """bool mask (True = attend) -> additive mask (0 / -inf), which SDPA on CPU takes faster."""
-    return torch.zeros(allowed.shape, device=allowed.device, dtype=dtype).masked_fill_(~allowed, float("-inf"))
 
 
 def _windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: int) -> torch.Tensor:
@@ -156,7 +128,7 @@ def _windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, conte
     for start in range(0, steps, context):
         end, first_key = min(start + context, steps), max(0, start - context + 1)
         delta = torch.arange(start, end, device=q.device)[:, None] - torch.arange(first_key, end, device=q.device)
-        mask = _additive((delta >= 0) & (delta < context), q.dtype)
+        mask = additive_mask((delta >= 0) & (delta < context), q.dtype)
         out.append(F.scaled_dot_product_attention(q[:, :, start:end], k[:, :, first_key:end],
                                                   v[:, :, first_key:end], attn_mask=mask))
     return torch.cat(out, dim=2)

@@ -1,10 +1,9 @@
 """The LM's two transformers.
 
 `TemporalTransformer`: over time steps; pre-norm layers, interleaved RoPE, causal attention over a
-sliding window of `context` steps, gated FFN, no biases. It is `Stateful`: streaming keeps, per layer,
-a ring of the last `context` keys and values for every slot, written at one shared pointer, with a
-position counter per slot (keys of a slot's previous session carry position -1 and are masked), so
-a slot can be reset alone.
+sliding window of `context` steps, gated FFN, no biases. It is `Stateful`: streaming keeps the keys
+and values of every slot in a KVRing (antiphon/kv_ring.py), with a position counter per slot, so a
+slot can be reset alone.
 
 `DepthTransformer` (the depformer): over the dep_q codebooks of one time step, causal, no window,
 weights chosen per codebook step (stacked attention projections [S, out, in], one FFN per weight set),
@@ -23,6 +22,7 @@ from antiphon.kernels.rope import apply_rope, rope_rotation
 from antiphon.lm.config import LMConfig
 from antiphon.lm.layers import (FeedForwardLayer, LayerScale, Linear, attend, causal_window_mask, make_norm,
                                 sin_embedding, small_batch_weight, split_heads)
+from antiphon.kv_ring import PIECE, KVRing
 from antiphon.stateful import Stateful
 
 
@@ -58,21 +58,18 @@ class SelfAttention(nn.Module):
         self.in_proj_weight = small_batch_weight(dim + 2 * kv_dim, dim)
         self.out_proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, tables, mask: torch.Tensor, cache=None) -> torch.Tensor:
-        """x [B, T, D]; mask [B or 1, 1, T, S]; cache (keys, values [B, KH, C, hd], ring index [T]) or
-        None. Streaming attends to the ring then this chunk (S = C + T), then writes the chunk."""
+    def forward(self, x: torch.Tensor, tables, mask: torch.Tensor,
+                ring: tuple[KVRing, int, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, T, D]; mask [B or 1, 1, T, S]. Offline: S = T; streaming: (the ring, this layer's index,
+        the ring index of this call's steps), S = the ring's capacity; the keys are written first."""
         proj = layout.linear(x, self.in_proj_weight)
         q, k, v = split_heads(proj, self.num_heads, self.num_heads // self.kv_repeat)
         q, k = _rope(q, tables).transpose(1, 2), _rope(k, tables).transpose(1, 2)
         v = v.transpose(1, 2)
-        if cache is None:
-            out = attend(q, k, v, mask, self.kv_repeat)
-        else:
-            keys, values, index = cache
-            out = attend(q, torch.cat([keys, k], 2), torch.cat([values, v], 2), mask, self.kv_repeat)
-            keys.index_copy_(2, index, k)
-            values.index_copy_(2, index, v)
-        return self.out_proj(out)
+        if ring is not None:
+            cache, layer, index = ring
+            k, v = cache.write(layer, index, k, v)
+        return self.out_proj(attend(q, k, v, mask, self.kv_repeat))
 
 
 class TemporalLayer(FeedForwardLayer):
@@ -86,8 +83,8 @@ class TemporalLayer(FeedForwardLayer):
         self.layer_scale_1 = LayerScale(cfg.dim, cfg.layer_scale) if scaled else nn.Identity()
         self.layer_scale_2 = LayerScale(cfg.dim, cfg.layer_scale) if scaled else nn.Identity()
 
-    def forward(self, x, tables, mask, cache=None):
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), tables, mask, cache))
+    def forward(self, x, tables, mask, ring=None):
+        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), tables, mask, ring))
         return x + self.layer_scale_2(self.ffn(self.norm2(x)))
 
 
@@ -102,27 +99,19 @@ class TemporalTransformer(Stateful):
         self.positions = Positions(cfg.positional_embedding, self.head_dim, cfg.max_period, cfg.positional_scale)
         self.layers = nn.ModuleList([TemporalLayer(cfg) for _ in range(cfg.num_layers)])
 
-    def init_state(self, batch_size: int) -> dict:
+    def init_state(self, batch_size: int) -> KVRing:
         if self.context is None:
             raise RuntimeError("streaming needs a finite attention context (the config has context=null)")
         w = self.layers[0].self_attn.in_proj_weight
-        shape = (len(self.layers), batch_size, self.num_kv_heads, self.context, self.head_dim)
-        return {
-            "keys": torch.zeros(shape, device=w.device, dtype=w.dtype),
-            "values": torch.zeros(shape, device=w.device, dtype=w.dtype),
-            "key_positions": torch.full((batch_size, self.context), -1, device=w.device, dtype=torch.long),
-            "offset": torch.zeros(batch_size, device=w.device, dtype=torch.long),  # steps seen per slot
-            "pointer": 0,  # next ring index, shared by all slots
-        }
+        return KVRing(len(self.layers), batch_size, self.num_kv_heads, self.head_dim, self.context, w.device, w.dtype)
 
-    def reset_state(self, state: dict, mask: torch.Tensor) -> None:
-        state["key_positions"].masked_fill_(mask[:, None], -1)
-        state["offset"].masked_fill_(mask, 0)
+    def reset_state(self, state: KVRing, mask: torch.Tensor) -> None:
+        state.reset(mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.state is None:
             return self._offline(x)
-        return torch.cat([self._streaming(piece) for piece in x.split(self.context, dim=1)], dim=1)
+        return torch.cat([self._streaming(piece) for piece in x.split(PIECE, dim=1)], dim=1)
 
     def _offline(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)[None]
@@ -134,19 +123,13 @@ class TemporalTransformer(Stateful):
         return x
 
     def _streaming(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.state
-        steps = x.shape[1]
-        positions = state["offset"][:, None] + torch.arange(steps, device=x.device)  # [B, T]
-        index = (state["pointer"] + torch.arange(steps, device=x.device)) % self.context
-        key_positions = torch.cat([state["key_positions"], positions], dim=1)  # [B, C + T]
-        mask = causal_window_mask(positions, key_positions, self.context)
-        x = self.positions.add_sin(x, positions)
-        tables = self.positions.tables(positions)
-        for layer, keys, values in zip(self.layers, state["keys"], state["values"]):
-            x = layer(x, tables, mask, (keys, values, index))
-        state["key_positions"].index_copy_(1, index, positions)
-        state["offset"] += steps
-        state["pointer"] = (state["pointer"] + steps) % self.context
+        ring, steps = self.state, x.shape[1]
+        step = ring.begin(steps)
+        x = self.positions.add_sin(x, step.positions)
+        tables = self.positions.tables(step.positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, tables, step.mask, (ring, i, step.index))
+        ring.end(steps)
         return x
 
 

@@ -93,7 +93,7 @@ def test_reset_restarts_a_slot_and_leaves_the_others_bit_identical(lm):
     for module, state in whole.states.items():
         other = reset.states[module]
         for key in ("keys", "values"):
-            assert torch.equal(state[key][:, [0, 2]], other[key][:, [0, 2]])
+            assert torch.equal(getattr(state, key)[:, [0, 2]], getattr(other, key)[:, [0, 2]])
     assert torch.equal(whole.tokens[[0, 2]], reset.tokens[[0, 2]]) and torch.equal(reset.tokens[1], fresh.tokens[1])
 
 
