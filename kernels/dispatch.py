@@ -1,0 +1,99 @@
+"""The one place that picks which implementation of a kernel runs.
+
+Triton when the input is on a CUDA device and triton imports; the plain-torch reference otherwise.
+The environment variable ANTIPHON_KERNELS forces either, read at every call:
+- `torch`: the reference everywhere (to compare, to debug, or where a kernel misbehaves);
+- `triton`: the Triton kernel everywhere. On CPU tensors that is Triton's interpreter, which also needs
+  TRITON_INTERPRET=1 in the environment *before* the kernel modules are imported (Triton decides
+  compiled or interpreted when it decorates a kernel), e.g.
+  `TRITON_INTERPRET=1 ANTIPHON_KERNELS=triton python ...`. tests/kernels/conftest.py sets it.
+Unset (or empty): the automatic choice above.
+
+One function per op, each with the signature of its reference; the kernel modules are imported on first
+use, so importing this module costs nothing and does not import triton.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from antiphon.kernels import _triton
+
+ENV = "ANTIPHON_KERNELS"
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True when the Triton kernel should run on tensors like `x` (see the module docstring)."""
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced == "torch":
+        return False
+    if forced == "triton":
+        if not _triton.available():
+            raise RuntimeError(f"{ENV}=triton but triton does not import; install triton or unset {ENV}")
+        if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"{ENV}=triton on a {x.device.type} tensor needs Triton's interpreter: set "
+                               "TRITON_INTERPRET=1 before antiphon's kernels are imported")
+        return True
+    if forced:
+        raise ValueError(f"{ENV}={forced!r}: expected 'torch', 'triton', or unset for the automatic choice")
+    return x.device.type == "cuda" and _triton.available()
+
+
+def rmsnorm(x, residual, alpha, eps=1e-8):
+    """Fused residual add + RMSNorm: see kernels/rmsnorm.py."""
+    from antiphon.kernels import rmsnorm as m
+
+    return (m.rmsnorm_triton if use_triton(x) else m.rmsnorm_reference)(x, residual, alpha, eps)
+
+
+def swiglu(u):
+    """silu(u[..., :H]) * u[..., H:]: see kernels/swiglu.py."""
+    from antiphon.kernels import swiglu as m
+
+    return (m.swiglu_triton if use_triton(u) else m.swiglu_reference)(u)
+
+
+def rope(q, k, positions, max_period):
+    """Interleaved RoPE on q and k at integer positions: see kernels/rope_triton.py."""
+    from antiphon.kernels import rope_triton as m
+
+    return (m.rope_triton if use_triton(q) else m.rope_reference)(q, k, positions, max_period)
+
+
+def sample(logits, temp, top_k=0, noise=None, rng=None):
+    """Temperature + top-k + exponential race: see kernels/sampling.py."""
+    from antiphon.kernels import sampling as m
+
+    return (m.sample_triton if use_triton(logits) else m.sample_reference)(logits, temp, top_k, noise, rng)
+
+
+def embedding_sum(tokens, table, offsets):
+    """Summed multi-stream embedding lookup: see kernels/embedding_sum.py."""
+    from antiphon.kernels import embedding_sum as m
+
+    return (m.embedding_sum_triton if use_triton(table) else m.embedding_sum_reference)(tokens, table, offsets)
+
+
+def rvq_search(residual, codebook, norms, update=False):
+    """Nearest centroid per row: see kernels/rvq_search.py."""
+    from antiphon.kernels import rvq_search as m
+
+    return (m.rvq_search_triton if use_triton(residual) else m.rvq_search_reference)(residual, codebook, norms, update)
+
+
+def rvq_encode(x, codebooks, norms):
+    """The residual loop over K codebooks: see kernels/rvq_search.py."""
+    from antiphon.kernels import rvq_search as m
+
+    search = m.rvq_search_triton if use_triton(x) else m.rvq_search_reference
+    return m.rvq_encode(x, codebooks, norms, search)
+
+
+def decode_attention(q, keys, values, key_positions, q_positions, context=None):
+    """Single-query attention over a ring KV cache: see kernels/decode_attention.py."""
+    from antiphon.kernels import decode_attention as m
+
+    fn = m.decode_attention_triton if use_triton(q) else m.decode_attention_reference
+    return fn(q, keys, values, key_positions, q_positions, context)

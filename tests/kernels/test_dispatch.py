@@ -1,0 +1,89 @@
+"""The dispatch: torch on CPU by default, Triton on CUDA, ANTIPHON_KERNELS forcing either; every op gives
+the reference's result through both paths."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from antiphon.kernels import dispatch
+from antiphon.kernels import rmsnorm as rmsnorm_module
+from antiphon.kernels.embedding_sum import stack_tables
+
+
+def _on(device: str):
+    return SimpleNamespace(device=torch.device(device))
+
+
+def test_automatic_choice(monkeypatch):
+    monkeypatch.delenv(dispatch.ENV, raising=False)
+    assert not dispatch.use_triton(torch.zeros(1))
+    assert dispatch.use_triton(_on("cuda")) == dispatch._triton.available()
+    monkeypatch.setattr(dispatch._triton, "available", lambda: False)
+    assert not dispatch.use_triton(_on("cuda"))  # no triton: torch even on CUDA
+
+
+def test_env_forces_either(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV, "torch")
+    assert not dispatch.use_triton(_on("cuda"))
+    monkeypatch.setenv(dispatch.ENV, " Triton ")
+    assert dispatch.use_triton(torch.zeros(1))  # the interpreter (conftest sets TRITON_INTERPRET=1)
+    monkeypatch.setenv(dispatch.ENV, "")
+    assert not dispatch.use_triton(torch.zeros(1))
+
+
+def test_env_errors_say_what_to_do(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV, "cuda")
+    with pytest.raises(ValueError, match="expected 'torch', 'triton'"):
+        dispatch.use_triton(torch.zeros(1))
+    monkeypatch.setenv(dispatch.ENV, "triton")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        dispatch.use_triton(torch.zeros(1))
+
+
+def test_the_forced_path_is_the_one_that_runs(monkeypatch):
+    calls = []
+    monkeypatch.setattr(rmsnorm_module, "rmsnorm_triton", lambda *a: calls.append("triton") or a[0])
+    monkeypatch.setattr(rmsnorm_module, "rmsnorm_reference", lambda *a: calls.append("torch") or a[0])
+    x = torch.zeros(2, 4)
+    for env in ("triton", "torch"):
+        monkeypatch.setenv(dispatch.ENV, env)
+        dispatch.rmsnorm(x, None, torch.ones(4))
+    monkeypatch.delenv(dispatch.ENV)
+    dispatch.rmsnorm(x, None, torch.ones(4))
+    assert calls == ["triton", "torch", "torch"]
+
+
+def _run_all():
+    gen = torch.Generator().manual_seed(15)
+    x = torch.randn(3, 10, generator=gen)
+    logits = torch.randn(3, 50, generator=gen)
+    noise = torch.empty(3, 50).exponential_(generator=gen)
+    table, offsets = stack_tables([torch.randn(n, 6, generator=gen) for n in (11, 5)])
+    tokens = torch.tensor([[[3, -1], [4, 0]]])
+    codebook = torch.randn(20, 10, generator=gen)
+    q = torch.randn(2, 3, 5, 4, generator=gen)
+    keys = torch.randn(2, 1, 9, 4, generator=gen)
+    key_positions = torch.arange(9).repeat(2, 1)
+    return dict(
+        rmsnorm=dispatch.rmsnorm(x, x.flip(0), torch.rand(10, generator=gen), 1e-8),
+        swiglu=dispatch.swiglu(x),
+        rope=dispatch.rope(q, q[:, :, :2], torch.tensor([[4, 5, 6], [0, 1, 2]]), 10_000.0),
+        sample=dispatch.sample(logits, 0.9, 7, noise),
+        embedding_sum=dispatch.embedding_sum(tokens, table, offsets),
+        rvq_search=dispatch.rvq_search(x, codebook, codebook.pow(2).sum(-1)),
+        rvq_encode=dispatch.rvq_encode(x, codebook.view(2, 10, 10), codebook.view(2, 10, 10).pow(2).sum(-1)),
+        decode_attention=dispatch.decode_attention(q[:, 0, :2], keys, keys, key_positions, torch.tensor([8, 5]), 4),
+    )
+
+
+def test_every_op_gives_the_same_result_on_both_paths(monkeypatch):
+    monkeypatch.setenv(dispatch.ENV, "torch")
+    reference = _run_all()
+    monkeypatch.setenv(dispatch.ENV, "triton")
+    kernels = _run_all()
+    for name, ref in reference.items():
+        torch.testing.assert_close(kernels[name], ref, rtol=1e-5, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
