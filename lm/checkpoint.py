@@ -4,7 +4,9 @@ Released names equal antiphon's module names, except that each depformer layer k
 attention weight sets stacked: antiphon's `self_attn.in_proj_weight` [S, 3Dd, Dd] and
 `self_attn.out_proj.weight` [S, Dd, Dd] are stored flat, [S * 3Dd, Dd] and [S * Dd, Dd] (the legacy
 fused names). Also accepted on load: the per-step module names of newer state dicts
-(`self_attn.in_projs.{i}.weight`, `self_attn.out_projs.{i}.weight`), stacked in step order.
+(`self_attn.in_projs.{i}.weight`, `self_attn.out_projs.{i}.weight`, the same for `cross_attention`),
+stacked in step order. Conditioners (`condition_provider.*`) stay float32 whatever the dtype, as in
+the reference.
 
 A source is a local directory, a .safetensors file, or a Hugging Face repo id. The repository's
 config.json names the weights (`moshi_name`), the codec (`mimi_name`) and the text tokenizer
@@ -28,7 +30,7 @@ from antiphon.lm.model import LM
 logger = logging.getLogger(__name__)
 
 _STACKED = re.compile(r"^depformer\.layers\.\d+\.self_attn\.(in_proj_weight|out_proj\.weight)$")
-_PER_STEP = re.compile(r"^(.*\.self_attn)\.(in_projs|out_projs)\.(\d+)\.weight$")
+_PER_STEP = re.compile(r"^(.*\.(?:self_attn|cross_attention))\.(in_projs|out_projs)\.(\d+)\.weight$")
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -158,7 +160,10 @@ def load_lm(source: str | Path, device=None, dtype=None) -> LM:
     with torch.device("meta"):
         model = LM(config)
     state = released_to_antiphon(state, model, str(weights))  # checked before any memory is allocated
-    model = model.to(dtype=dtype).to_empty(device=device)
+    model = model.to(dtype=dtype)
+    if model.is_conditioned:
+        model.condition_provider.float()
+    model = model.to_empty(device=device)
     model.load_state_dict(state)
     if config.model_type == "hibiki":
         # As the reference loader does: an early text EOS (2) reads as PAD (3).

@@ -20,6 +20,7 @@ from typing import Any
 
 from antiphon.checkpoint_io import read_json
 from antiphon.errors import CheckpointError
+from antiphon.lm.conditioners import ConditionerSpec, FuserSpec, parse_conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ class LMConfig:
     demux_second_stream: bool = False
     extra_heads_num_heads: int = 0
     extra_heads_dim: int = 6
+    # conditioning (lm.conditioners): label tables and given tensors, summed into the input or attended to
+    conditioners: dict = dataclasses.field(default_factory=dict, hash=False)
+    fuser: dict = dataclasses.field(default_factory=dict, hash=False)
+    cross_attention: bool = False  # a cross-attention block in every temporal layer (source: fuser "cross")
     # depth transformer
     depformer_dim: int = 1024
     depformer_dim_feedforward: int | tuple[int, ...] | None = 4224  # None: hidden_scale * depformer_dim
@@ -110,6 +115,9 @@ class LMConfig:
         for key in ("positional_embedding", "depformer_pos_emb"):
             if getattr(self, key) not in POSITIONAL:
                 raise bad(f"{key}={getattr(self, key)!r} is not a positional embedding ({', '.join(POSITIONAL)})")
+        parse_conditioning(self.conditioners, self.fuser, self.cross_attention)
+        if self.cross_attention and self.kv_repeat != 1:
+            raise bad(f"cross_attention with kv_repeat={self.kv_repeat} is not a reference architecture (needs 1)")
         if self.dep_q:
             if self.depformer_dim % self.depformer_num_heads or self.depformer_num_heads % self.depformer_kv_repeat:
                 raise bad(f"depformer_dim={self.depformer_dim} and depformer_num_heads="
@@ -128,6 +136,11 @@ class LMConfig:
                 raise bad("depformer_gating='none' with per-step weights is not a reference architecture")
 
     # ------------------------------------------------------------------ derived sizes
+    @property
+    def conditioning(self) -> tuple[tuple[ConditionerSpec, ...], FuserSpec]:
+        """The conditioners and the fuser, parsed (lm.conditioners)."""
+        return parse_conditioning(self.conditioners, self.fuser, self.cross_attention)
+
     @property
     def num_codebooks(self) -> int:
         """Rows of the token column: text + n_q audio streams."""
@@ -211,8 +224,9 @@ class LMConfig:
         for key in ("delays", "depformer_weights_per_step_schedule", "depformer_dim_feedforward"):
             if isinstance(out.get(key), list):
                 out[key] = tuple(out[key])
-        for key in ("lm_gen_config", "tts_config", "stt_config"):
+        for key in ("lm_gen_config", "tts_config", "stt_config", "conditioners", "fuser"):
             out[key] = dict(out.get(key) or {})
+        out["cross_attention"] = bool(out.get("cross_attention"))
         if out.get("depformer_num_heads") is None:
             out["depformer_num_heads"] = 1  # unused without a depformer
         try:
@@ -225,6 +239,9 @@ class LMConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
+        for key in ("conditioners", "fuser"):
+            if not out[key]:
+                del out[key]
         out["causal"] = True
         return out
 
@@ -250,12 +267,13 @@ _REFERENCE_DEFAULTS: dict[str, Any] = {
     "existing_text_end_padding_id": 0, "extra_heads_num_heads": 0, "extra_heads_dim": 6, "context": None,
     "positional_embedding": "sin", "max_period": 10000.0, "positional_scale": 1.0, "gating": "none",
     "layer_scale": None, "kv_repeat": 1, "text_card_out": None, "demux_second_stream": False,
+    "conditioners": {}, "fuser": {}, "cross_attention": False,
 }
 # Keys whose only supported values are listed.
 _FIXED: dict[str, tuple] = {"causal": (True,), "bias_proj": (False,), "norm_emb": (False,), "quantize": (False,),
                             "lora": (False,), "skip_self_attn": (False,), "depformer_skip_self_attn": (False,)}
 # Keys that add modules antiphon does not build yet: an error when set to anything truthy.
-_NOT_IMPLEMENTED = ("conditioners", "fuser", "cross_attention", "lora_name")
+_NOT_IMPLEMENTED = ("lora_name",)
 # Training-only or overridden keys of the format.
 _IGNORED = ("depformer_context", "depformer_causal", "gradient_checkpointing", "betas", "lora_rank",
             "lora_scaling", "model_id")

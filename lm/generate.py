@@ -17,10 +17,11 @@ Nothing in `step` reads a value on the host (shapes are fixed, sampling is an ex
 the optional range check of the input codes. `reset(mask)` restarts chosen slots as fresh ones and leaves
 the other slots bit-identical.
 
-CFG (cfg_coef != 1) doubles the rows: rows 0..B-1 take the conditioned sums `condition[:B]`, rows B..2B-1
-the null ones `condition[B:]`; text and depformer logits are mixed as null + (cond - null) * coef. lm/
-builds no conditioners yet, so the caller supplies the summed condition embeddings (the reference's sum
-fuser), [2B, D].
+Conditioning (lm.conditioners): a conditioned model takes `condition` (`lm.condition(...)`, B rows): its
+sum is added to every step's input, its cross source is projected to the cross-attention keys and values
+of every layer once, here. CFG (cfg_coef != 1) doubles the rows: rows 0..B-1 take the conditioned rows
+of `condition`, rows B..2B-1 the null ones (`Condition.cat(conditioned, null)`); text and depformer
+logits are mixed as null + (cond - null) * coef. A plain tensor [R, D] stands for summed conditions.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import torch
 
 from antiphon.errors import InputError
+from antiphon.lm.conditioners import Condition
 from antiphon.lm.sampling import cfg_mix, sample
 from antiphon.stateful import stateful_modules
 
@@ -40,7 +42,7 @@ class LMGenerator:
     """Generation state for `batch_size` slots of one LM; see the module docstring. Build with `lm.generator`."""
 
     def __init__(self, lm, batch_size: int, temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250,
-                 top_k_text: int = 25, cfg_coef: float = 1.0, condition: torch.Tensor | None = None,
+                 top_k_text: int = 25, cfg_coef: float = 1.0, condition: Condition | torch.Tensor | None = None,
                  rng: torch.Generator | None = None, check_inputs: bool = True):
         cfg = lm.config
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -60,6 +62,8 @@ class LMGenerator:
         self.offsets = torch.zeros(batch_size, device=device, dtype=torch.long)  # [B]
         self.steps = 0  # host count of steps since all slots were last fresh (only decides None)
         with torch.no_grad():
+            cross = None if self.condition is None else self.condition.cross
+            self.cross = None if cross is None else lm.transformer.cross_keys_values(cross.to(lm.dtype))
             self.states = {m: m.init_state(self.rows) for m in stateful_modules(lm)}
             self.depth_cache = lm.depformer.init_cache(self.rows) if self.dep_q else None
         self.last_extra_heads: torch.Tensor | None = None  # [B, heads, dim] softmax probabilities
@@ -80,10 +84,7 @@ class LMGenerator:
         column = self._input_column(codes.to(self.tokens.device))  # [B, K, 1]
         rows = column.repeat(2, 1, 1) if self.cfg else column
         with self._streaming():
-            x = self.lm.embed(rows)  # [R, 1, D]
-            if self.condition is not None:
-                x = x + self.condition[:, None].to(x.dtype)
-            hidden = self.lm.out_norm(self.lm.transformer(x))  # [R, 1, D]
+            hidden = self.lm.forward_hidden(rows, self.condition, self.cross)  # [R, 1, D]
         text = sample(self._mix(self.lm.text_linear(hidden[:, 0]).float()), self.temp_text, self.top_k_text, self.rng)
         new = torch.stack([text] + self._depformer(text, hidden), dim=1)  # [B, 1 + dep_q]
         if self.lm.extra_heads:
@@ -158,19 +159,22 @@ class LMGenerator:
                 module.state = None
 
     # ------------------------------------------------------------------ checks
-    def _check_condition(self, condition: torch.Tensor | None) -> torch.Tensor | None:
-        dim = self.lm.config.dim
-        if condition is None:
-            if self.cfg:
-                raise InputError(f"cfg_coef={self.cfg_coef} needs conditioned and null rows: pass condition "
-                                 f"[2B, D = {dim}] (summed condition embeddings; this LM builds no conditioners "
-                                 f"to compute them), or use cfg_coef=1")
-            return None
-        if not isinstance(condition, torch.Tensor) or condition.shape != (self.rows, dim):
-            got = list(condition.shape) if isinstance(condition, torch.Tensor) else type(condition).__name__
-            what = "[2B, D] (conditioned rows, then null rows)" if self.cfg else "[B, D]"
-            raise InputError(f"condition must be {what} = [{self.rows}, {dim}], got {got}")
-        return condition.to(self.lm.device)
+    def _check_condition(self, condition) -> Condition | None:
+        lm, dim = self.lm, self.lm.config.dim
+        if isinstance(condition, torch.Tensor):  # summed conditions given directly
+            if condition.shape != (self.rows, dim) or lm.transformer.has_cross_attention:
+                what = "[2B, D] (conditioned rows, then null rows)" if self.cfg else "[B, D]"
+                raise InputError(f"condition must be {what} = [{self.rows}, {dim}], for a model without "
+                                 f"cross-attention; got {list(condition.shape)}")
+            return Condition(condition.to(lm.device), None)
+        if condition is None and self.cfg and not lm.is_conditioned:
+            raise InputError(f"cfg_coef={self.cfg_coef} needs conditioned and null rows, and this model has no "
+                             f"conditioners: pass condition [2B, D = {dim}] (summed condition embeddings), "
+                             f"or use cfg_coef=1")
+        if self.cfg and isinstance(condition, Condition) and condition.batch_size != self.rows:
+            raise InputError(f"cfg_coef={self.cfg_coef} needs a condition of 2B = {self.rows} rows: "
+                             f"Condition.cat(conditioned, null); got {condition.batch_size} rows")
+        return lm._check_condition(condition, (self.rows, 1))
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         want = (self.batch_size, self.n_in, 1)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from antiphon.errors import InputError
+from antiphon.lm.conditioners import Condition, ConditionProvider
 from antiphon.lm.config import LMConfig
 from antiphon.lm.layers import Embedding, Linear, make_norm
 from antiphon.lm.transformer import DepthTransformer, TemporalTransformer
@@ -56,6 +57,9 @@ class LM(nn.Module):
             if cfg.depformer_norm is not None:
                 self.depformer_norms = nn.ModuleList([make_norm(cfg.depformer_norm, dd) for _ in range(cfg.dep_q)])
             self.linears = nn.ModuleList([Linear(dd, cfg.card) for _ in range(cfg.dep_q)])
+        specs, fuser = cfg.conditioning
+        if specs:  # float32 whatever the model's dtype (lm.checkpoint keeps it so)
+            self.condition_provider = ConditionProvider(specs, fuser, cfg.dim)
         self.eval()
 
     # ------------------------------------------------------------------ properties
@@ -105,14 +109,32 @@ class LM(nn.Module):
 
         return load_companion_tokenizer(self)
 
+    # ------------------------------------------------------------------ conditioning
+    @property
+    def is_conditioned(self) -> bool:
+        return hasattr(self, "condition_provider")
+
+    @torch.no_grad()
+    def condition(self, batch_size: int | None = None, **attributes) -> Condition:
+        """The condition of B rows for `forward(conditions=...)` and `generator(condition=...)`. One
+        keyword per fused conditioner of the config (`condition_provider.fused`): a label (str; None
+        drops it: the learnt padding, as in a null condition) or a tensor [B or 1, S, dim] (optionally
+        `(tensor, mask [B, S])`), given once for all rows or as a list of B labels. Examples: Hibiki
+        `lm.condition(description="very_good")`; Kyutai TTS `lm.condition(control="ok", cfg="2.0",
+        speaker_wavs=(voices, mask))`. For CFG: `Condition.cat(conditioned, null)`."""
+        if not self.is_conditioned:
+            raise InputError("this model has no conditioners (its config.json has none)")
+        return self.condition_provider(batch_size, attributes)
+
     # ------------------------------------------------------------------ streaming generation
     def generator(self, batch_size: int, temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250,
-                  top_k_text: int = 25, cfg_coef: float = 1.0, condition: torch.Tensor | None = None,
+                  top_k_text: int = 25, cfg_coef: float = 1.0, condition: Condition | torch.Tensor | None = None,
                   rng: torch.Generator | None = None, check_inputs: bool = True):
         """A streaming generation state for `batch_size` slots (lm.generate.LMGenerator): `step(codes
         [B, n_q - dep_q, 1])` -> None or tokens [B, 1 + dep_q, 1]; `reset(mask [B])`. Temperatures <= 0
-        are greedy; `rng` (a torch.Generator on the model's device) makes sampling deterministic;
-        cfg_coef != 1 needs `condition` [2B, D] (conditioned rows, then null rows)."""
+        are greedy; `rng` (a torch.Generator on the model's device) makes sampling deterministic.
+        `condition` (`lm.condition(...)`, B rows) is needed by a conditioned model; cfg_coef != 1 needs
+        2B rows: `Condition.cat(conditioned, null)`. A tensor [R, D] stands for summed conditions."""
         from antiphon.lm.generate import LMGenerator
 
         return LMGenerator(self, batch_size, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text,
@@ -120,17 +142,17 @@ class LM(nn.Module):
 
     # ------------------------------------------------------------------ teacher-forced forward
     @torch.no_grad()
-    def forward(self, codes: torch.Tensor, conditions=None) -> LMOutput:
+    def forward(self, codes: torch.Tensor, conditions: Condition | None = None) -> LMOutput:
         """codes int [B, 1 + n_q, T] in natural time alignment (text row, then audio rows; -1 = zero
-        token) -> LMOutput aligned with `codes`. The model applies its delays and initial tokens."""
+        token) -> LMOutput aligned with `codes`. The model applies its delays and initial tokens.
+        A conditioned model needs `conditions` (`lm.condition(...)`, B rows or 1 for all)."""
         self._check_codes(codes)
-        if conditions is not None:
-            raise InputError("this model has no conditioners; pass conditions=None")
         cfg = self.config
         batch = codes.shape[0]
+        conditions = self._check_condition(conditions, (batch, 1))
         initial = self._initial_column(batch, codes.device)  # [B, K, 1]
         delayed = torch.cat([initial, delay_streams(codes, cfg.delays, initial)], dim=2)  # [B, K, T + 1]
-        hidden = self.forward_hidden(delayed[:, :, :-1])  # [B, T, D]
+        hidden = self.forward_hidden(delayed[:, :, :-1], conditions)  # [B, T, D]
         text_logits = self.text_linear(hidden)[:, None]  # [B, 1, T, Nt]
         if cfg.dep_q:
             logits = self.forward_depth(delayed[:, :, 1:], hidden)
@@ -151,9 +173,35 @@ class LM(nn.Module):
         text = self.text_emb(tokens[:, 0])
         return text if x is None else x + text
 
-    def forward_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, 1 + n_q, S] (delayed inputs) -> post-norm temporal output [B, S, D]."""
-        return self.out_norm(self.transformer(self.embed(tokens)))
+    def forward_hidden(self, tokens: torch.Tensor, condition: Condition | None = None, cross: list | None = None) -> torch.Tensor:
+        """tokens [B, 1 + n_q, S] (delayed inputs) -> post-norm temporal output [B, S, D]. `condition`
+        (B rows): its sum is added to every step's input; its cross source is attended to, unless the
+        per-layer keys and values are given precomputed (`cross`, from transformer.cross_keys_values)."""
+        x = self.embed(tokens)
+        if condition is not None and condition.sum is not None:
+            x = x + condition.sum[:, None].to(x.dtype)
+        if cross is None and condition is not None and condition.cross is not None:
+            cross = self.transformer.cross_keys_values(condition.cross.to(x.dtype))
+        return self.out_norm(self.transformer(x, cross))
+
+    def _check_condition(self, condition, rows: tuple[int, ...]) -> Condition | None:
+        """A condition for the given row counts (the first one is the batch; the others may be broadcast)
+        -> on the model's device, with `rows[0]` rows; None for an unconditioned model."""
+        if not self.is_conditioned:
+            if condition is not None:
+                raise InputError("this model has no conditioners; pass no condition")
+            return None
+        if not isinstance(condition, Condition):
+            raise InputError(f"this model is conditioned ({', '.join(self.condition_provider.fused)}): pass a "
+                             f"Condition from lm.condition(...), got {type(condition).__name__}")
+        if condition.batch_size not in rows:
+            raise InputError(f"the condition has {condition.batch_size} rows, expected {' or '.join(map(str, rows))}")
+        condition = condition.to(self.device)
+        if condition.batch_size != rows[0]:
+            def grow(t):
+                return None if t is None else t.expand(rows[0], *t.shape[1:])
+            condition = Condition(grow(condition.sum), grow(condition.cross))
+        return condition
 
     def forward_extra_heads(self, hidden: torch.Tensor) -> list[torch.Tensor]:
         """hidden [B, S, D] -> one [B, S, extra_heads_dim] logit tensor per extra head."""

@@ -1,9 +1,7 @@
 """Task front-ends over the streaming generator (lm.generate): one call per 80 ms frame for B slots,
 small typed results. Dialogue (Moshi): user audio codes in -> text token + audio codes out. STT (Kyutai
-STT): audio codes in -> text tokens with timestamps and the semantic VAD probabilities.
-
-TTS and translation need conditioning (speaker cross-attention, LUT conditioners) that lm/ does not
-build yet; they are not here.
+STT): audio codes in -> text tokens with timestamps and the semantic VAD probabilities. Translation
+(Hibiki): source audio codes in -> target text token + audio codes out, conditioned on a quality label.
 
 Sampling defaults come from the config's `lm_gen_config` (temp, temp_text, top_k, top_k_text), then from
 the task's defaults; keyword arguments override both. Like the reference (§3.1), the model never sees the
@@ -18,20 +16,21 @@ import dataclasses
 import torch
 
 from antiphon.errors import InputError
+from antiphon.lm.conditioners import Condition
 from antiphon.lm.generate import UNGENERATED, LMGenerator
 
 FRAME_SECONDS = 0.08  # one step: 1920 samples at 24 kHz
 _SAMPLING = ("temp", "temp_text", "top_k", "top_k_text")
 
 
-def _generator(lm, batch_size: int, defaults: dict, overrides: dict) -> LMGenerator:
+def _generator(lm, batch_size: int, defaults: dict, overrides: dict, **fixed) -> LMGenerator:
     unknown = set(overrides) - set(_SAMPLING) - {"rng", "check_inputs"}
     if unknown:
         raise InputError(f"unknown generation options {sorted(unknown)} (use {', '.join(_SAMPLING)}, rng, check_inputs)")
     options = dict(defaults)
     options.update({k: v for k, v in lm.config.lm_gen_config.items() if k in _SAMPLING})
     options.update(overrides)
-    return lm.generator(batch_size, **options)
+    return lm.generator(batch_size, **options, **fixed)
 
 
 def _is_word(lm, text: torch.Tensor) -> torch.Tensor:
@@ -105,3 +104,60 @@ class Transcriber:
 
     def reset(self, mask: torch.Tensor) -> None:
         self.generator.reset(mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationFrame:
+    text: torch.Tensor  # [B] long: the target text token of this frame (-2: slot has no output yet)
+    audio: torch.Tensor  # [B, dep_q, 1] long: the target audio codes of this frame, for codec.decode (-2: none yet)
+    ready: torch.Tensor  # [B] bool: the slot has output this frame
+    is_word: torch.Tensor  # [B] bool: `text` is a piece to show (not PAD / EPAD / EOS)
+    is_end: torch.Tensor  # [B] bool: the model's text EOS after the source ended: the translation is complete
+
+
+class Translator:
+    """Simultaneous speech translation (Hibiki): `step(source_codes [B, n_q - dep_q, 1])` ->
+    TranslationFrame, or None on the first max_delay steps. `reset(mask [B])` starts new sources in the
+    chosen slots.
+
+    A model with a quality conditioner ("description") is conditioned on `quality` ("very_good"); with
+    cfg_coef != 1 (Hibiki's README: typically 3, more voice similarity, less accuracy) the null rows take
+    `null_quality` ("very_bad"). When a slot's source ends, feed `end_of_input()` once (every code set to
+    card), then silence frames until `is_end`: the model's text EOS (`eos_id`) counts only once its
+    slot's source has ended (an earlier one reads as PAD, as the loader makes sure)."""
+
+    def __init__(self, lm, batch_size: int, quality: str = "very_good", null_quality: str = "very_bad",
+                 cfg_coef: float = 1.0, eos_id: int = 2, **sampling):
+        cfg = lm.config
+        if not cfg.dep_q or cfg.n_q == cfg.dep_q:
+            raise InputError("translation needs a model with source and target audio streams (0 < dep_q < n_q)")
+        condition = None
+        if lm.is_conditioned:
+            condition = lm.condition(batch_size, description=quality)
+            if cfg_coef != 1.0:
+                condition = Condition.cat(condition, lm.condition(batch_size, description=null_quality))
+        self.lm, self.eos_id = lm, eos_id
+        self.generator = _generator(lm, batch_size, {}, sampling, cfg_coef=cfg_coef, condition=condition)
+        self.source_ended = torch.zeros(batch_size, dtype=torch.bool, device=lm.device)  # [B]
+
+    def end_of_input(self) -> torch.Tensor:
+        """The frame that ends a source: [B, n_q - dep_q, 1], every code = card (give it to the slots
+        that end; the others keep their own frame)."""
+        gen = self.generator
+        return torch.full((gen.batch_size, gen.n_in, 1), self.lm.config.card, dtype=torch.long, device=self.lm.device)
+
+    def step(self, source_codes: torch.Tensor) -> TranslationFrame | None:
+        out = self.generator.step(source_codes)
+        ended = (source_codes.to(self.source_ended.device) == self.lm.config.card).flatten(1).all(dim=1)
+        self.source_ended |= ended
+        if out is None:
+            return None
+        text = out[:, 0, 0]
+        ready = text != UNGENERATED
+        eos = text == self.eos_id
+        return TranslationFrame(text=text, audio=out[:, 1:], ready=ready, is_word=_is_word(self.lm, text) & ~eos,
+                                is_end=ready & eos & self.source_ended)
+
+    def reset(self, mask: torch.Tensor) -> None:
+        self.generator.reset(mask)
+        self.source_ended.masked_fill_(mask.to(self.source_ended.device), False)

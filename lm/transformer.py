@@ -72,6 +72,31 @@ class SelfAttention(nn.Module):
         return self.out_proj(attend(q, k, v, mask, self.kv_repeat))
 
 
+class CrossAttention(nn.Module):
+    """Attention from the steps to a fixed source (the fused "cross" conditions), no mask, no positions
+    (the source carries its own). `in_proj_weight` [3D, D] (rows q, k, v), `out_proj.weight` [D, D]."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = small_batch_weight(3 * dim, dim)
+        self.out_proj = Linear(dim, dim)
+
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """source [B, S, D] -> keys, values [B, H, S, hd]; computed once per source, not per step."""
+        dim = self.in_proj_weight.shape[1]
+        kv = layout.linear(source.to(self.in_proj_weight.dtype), self.in_proj_weight[dim:])
+        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        return k, v
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x [B, T, D], kv from `keys_values` -> [B, T, D]."""
+        dim = x.shape[-1]
+        q = layout.linear(x, self.in_proj_weight[:dim]).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        out = torch.nn.functional.scaled_dot_product_attention(q, *kv)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
 class TemporalLayer(FeedForwardLayer):
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -82,14 +107,22 @@ class TemporalLayer(FeedForwardLayer):
         scaled = cfg.layer_scale is not None
         self.layer_scale_1 = LayerScale(cfg.dim, cfg.layer_scale) if scaled else nn.Identity()
         self.layer_scale_2 = LayerScale(cfg.dim, cfg.layer_scale) if scaled else nn.Identity()
+        if cfg.cross_attention:  # its norm is always a LayerNorm (eps 1e-5), as in the reference
+            self.cross_attention = CrossAttention(cfg.dim, cfg.num_heads)
+            self.norm_cross = nn.LayerNorm(cfg.dim, eps=1e-5)
+            self.layer_scale_cross = LayerScale(cfg.dim, cfg.layer_scale) if scaled else nn.Identity()
 
-    def forward(self, x, tables, mask, ring=None):
+    def forward(self, x, tables, mask, ring=None, cross=None):
+        """cross: this layer's cross-attention keys and values (CrossAttention.keys_values)."""
         x = x + self.layer_scale_1(self.self_attn(self.norm1(x), tables, mask, ring))
+        if cross is not None:
+            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), cross))
         return x + self.layer_scale_2(self.ffn(self.norm2(x)))
 
 
 class TemporalTransformer(Stateful):
-    """[B, T, D] -> [B, T, D]. Offline, or streaming inside `start_streaming(model, batch_size)`."""
+    """[B, T, D] -> [B, T, D]. Offline, or streaming inside `start_streaming(model, batch_size)`. With
+    cross-attention, `forward` takes `cross`: the per-layer keys and values of `cross_keys_values(source)`."""
 
     def __init__(self, cfg: LMConfig):
         super().__init__()
@@ -108,27 +141,38 @@ class TemporalTransformer(Stateful):
     def reset_state(self, state: KVRing, mask: torch.Tensor) -> None:
         state.reset(mask)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.state is None:
-            return self._offline(x)
-        return torch.cat([self._streaming(piece) for piece in x.split(PIECE, dim=1)], dim=1)
+    @property
+    def has_cross_attention(self) -> bool:
+        return hasattr(self.layers[0], "cross_attention") if len(self.layers) else False
 
-    def _offline(self, x: torch.Tensor) -> torch.Tensor:
+    def cross_keys_values(self, source: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """source [B, S, D] (Condition.cross) -> each layer's cross-attention keys and values."""
+        return [layer.cross_attention.keys_values(source) for layer in self.layers]
+
+    def forward(self, x: torch.Tensor, cross: list | None = None) -> torch.Tensor:
+        if self.has_cross_attention != (cross is not None):
+            raise ValueError("cross-attention keys and values must be given exactly when the layers have cross-attention")
+        cross = cross or [None] * len(self.layers)
+        if self.state is None:
+            return self._offline(x, cross)
+        return torch.cat([self._streaming(piece, cross) for piece in x.split(PIECE, dim=1)], dim=1)
+
+    def _offline(self, x: torch.Tensor, cross: list) -> torch.Tensor:
         positions = torch.arange(x.shape[1], device=x.device)[None]
         mask = causal_window_mask(positions, positions, self.context)
         x = self.positions.add_sin(x, positions)
         tables = self.positions.tables(positions)
-        for layer in self.layers:
-            x = layer(x, tables, mask)
+        for layer, kv in zip(self.layers, cross):
+            x = layer(x, tables, mask, cross=kv)
         return x
 
-    def _streaming(self, x: torch.Tensor) -> torch.Tensor:
+    def _streaming(self, x: torch.Tensor, cross: list) -> torch.Tensor:
         ring, steps = self.state, x.shape[1]
         step = ring.begin(steps)
         x = self.positions.add_sin(x, step.positions)
         tables = self.positions.tables(step.positions)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, tables, step.mask, (ring, i, step.index))
+        for i, (layer, kv) in enumerate(zip(self.layers, cross)):
+            x = layer(x, tables, step.mask, (ring, i, step.index), kv)
         ring.end(steps)
         return x
 

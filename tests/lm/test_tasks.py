@@ -1,4 +1,4 @@
-"""Task front-ends (lm.tasks): dialogue and streaming speech recognition over the generator."""
+"""Task front-ends (lm.tasks): dialogue, streaming speech recognition and translation over the generator."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from antiphon.errors import InputError
-from antiphon.lm.tasks import Dialogue, Transcriber
+from antiphon.lm.conditioners import Condition
+from antiphon.lm.tasks import Dialogue, Transcriber, Translator
 
-from .tiny import MOSHI, STT, make_tiny_lm
+from .tiny import HIBIKI_LUT, MOSHI, STT, make_tiny_lm
 
 GREEDY = {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 25}
 
@@ -72,3 +73,29 @@ def test_tasks_check_the_model_and_options():
         Transcriber(make_tiny_lm(MOSHI), 1)
     with pytest.raises(InputError, match="unknown generation options"):
         Transcriber(make_tiny_lm(STT), 1, temperature=0.5)
+
+
+def test_translator_conditions_guides_and_ends():
+    lm = make_tiny_lm(HIBIKI_LUT, seed=2)
+    translator = Translator(lm, 2, cfg_coef=3.0, temp=0, temp_text=0)
+    condition = Condition.cat(lm.condition(2, description="very_good"), lm.condition(2, description="very_bad"))
+    raw = lm.generator(2, temp=0, temp_text=0, cfg_coef=3.0, condition=condition)
+    source = frames(HIBIKI_LUT, 2, 10)
+    source[6, 0] = translator.end_of_input()[0]  # slot 0's source ends at frame 6
+    for s, codes in enumerate(source):
+        frame, want = translator.step(codes), raw.step(codes)
+        if want is None:
+            assert frame is None
+            continue
+        assert torch.equal(frame.text, want[:, 0, 0]) and torch.equal(frame.audio, want[:, 1:])
+    assert translator.source_ended.tolist() == [True, False]
+
+    # is_end: the text EOS counts only once the slot's source has ended
+    eos = torch.tensor([[[2], [0], [0]], [[2], [0], [0]]])
+    translator.generator.step = lambda codes: eos
+    frame = translator.step(source[0])
+    assert frame.is_end.tolist() == [True, False] and not frame.is_word.any()
+    translator.reset(torch.tensor([True, False]))
+    assert not translator.source_ended.any()
+    with pytest.raises(InputError, match="0 < dep_q < n_q"):
+        Translator(make_tiny_lm(STT), 1)

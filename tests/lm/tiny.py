@@ -19,6 +19,25 @@ TTS = dataclasses.replace(MOSHI, n_q=4, dep_q=4, delays=(0, 0, 2, 2, 2), depform
                           depformer_norm="layer_norm", layer_scale=0.1, kv_repeat=2)
 FAMILIES = {"moshi": MOSHI, "stt": STT, "hibiki": HIBIKI, "tts": TTS}
 
+# Conditioned families, with the released configs' conditioners at a small size (reference §2.9).
+QUALITY = ["very_bad", "bad", "neutral", "good", "very_good"]
+HIBIKI_LUT = dataclasses.replace(
+    HIBIKI, conditioners={"description": {"type": "lut", "lut": {"n_bins": 31, "dim": 16, "tokenizer": "noop",
+                                                                   "possible_values": QUALITY}}},
+    fuser={"cross_attention_pos_emb": False, "cross_attention_pos_emb_scale": 1, "sum": ["description"],
+           "prepend": [], "cross": []})
+CFG_VALUES = ["1.0", "1.5", "2.0", "2.5", "3.0", "3.5", "4.0"]
+SPEAKER_DIM = 12
+TTS_CROSS = dataclasses.replace(
+    TTS, kv_repeat=1, model_type="tts", cross_attention=True,
+    tts_config={"audio_delay": 0.16, "second_stream_ahead": 2},
+    conditioners={"speaker_wavs": {"type": "tensor", "tensor": {"dim": SPEAKER_DIM}},
+                  "cfg": {"type": "lut", "lut": {"n_bins": 7, "dim": 16, "tokenizer": "noop", "possible_values": CFG_VALUES}},
+                  "control": {"type": "lut", "lut": {"dim": 32, "n_bins": 1, "tokenizer": "noop", "possible_values": ["ok"]}}},
+    fuser={"cross_attention_pos_emb": True, "cross_attention_pos_emb_scale": 1, "sum": ["control", "cfg"],
+           "prepend": [], "cross": ["speaker_wavs"]})
+CONDITIONED = {"hibiki_lut": HIBIKI_LUT, "tts_cross": TTS_CROSS}
+
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Every parameter uniform in +-1/sqrt(fan_in); norms and scales around 1 / their init."""
