@@ -203,7 +203,12 @@ def load_companion_codec(model: LM):
     codec_config = None
     if cfg.mimi_config_name:
         codec_config = CodecConfig.from_json(source.fetch(cfg.mimi_config_name))
-    return load_codec(weights, num_codebooks=cfg.codec_num_codebooks, device=model.device, config=codec_config)
+    needed = cfg.codec_num_codebooks
+    codec = load_codec(weights, num_codebooks=1, device=model.device, config=codec_config)
+    if codec.config.n_q < needed:
+        raise CheckpointError(f"the codec {weights.name} has {codec.config.n_q} codebooks, the LM needs {needed}")
+    codec.num_codebooks = needed
+    return codec
 
 
 def load_companion_tokenizer(model: LM):
@@ -216,6 +221,10 @@ def load_companion_tokenizer(model: LM):
     except ImportError:
         raise CheckpointError("the text tokenizer needs the sentencepiece package: pip install sentencepiece") from None
     try:
-        return sentencepiece.SentencePieceProcessor(model_file=str(path))
+        tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
         raise CheckpointError(f"cannot read the text tokenizer {path}: {e}") from None
+    if tokenizer.vocab_size() != cfg.text_card:
+        raise CheckpointError(f"the text tokenizer {path.name} has {tokenizer.vocab_size()} pieces, the LM's "
+                              f"text_card is {cfg.text_card}")
+    return tokenizer

@@ -157,11 +157,38 @@ def test_codec_companion(saved):
     assert codec.config == TINY and codec.num_codebooks == 2  # max(dep_q, n_q - dep_q)
 
 
-def test_tokenizer_companion(saved):
+def _train_tokenizer(directory: Path, vocab_size: int) -> None:
     spm = pytest.importorskip("sentencepiece")
-    text = saved / "corpus.txt"
-    text.write_text("\n".join(["hello world", "bonjour le monde", "the model listens and speaks"] * 20))
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(saved / "tok"), vocab_size=24,
+    text = directory / "corpus.txt"
+    text.write_text("\n".join(["hello world", "bonjour le monde", "the model listens and speaks",
+                               "quick brown foxes jump over lazy dogs", "zebras quietly vex my wizard",
+                               "pack my box with five dozen liquor jugs", "un petit chat gris joue dehors"] * 20))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(directory / "tok"), vocab_size=vocab_size,
                                    minloglevel=2)
+
+
+def test_tokenizer_companion(saved):
+    _train_tokenizer(saved, MOSHI.text_card)
     tokenizer = LM.from_pretrained(saved).tokenizer
+    assert tokenizer.vocab_size() == MOSHI.text_card
     assert tokenizer.decode(tokenizer.encode("hello world")) == "hello world"
+
+
+def test_tokenizer_of_another_size_is_refused(saved):
+    _train_tokenizer(saved, 30)
+    with pytest.raises(CheckpointError, match="has 30 pieces, the LM's text_card is 40"):
+        LM.from_pretrained(saved).tokenizer
+
+
+def test_codec_with_too_few_codebooks_is_refused(tmp_path):
+    import dataclasses
+
+    from ..codec.tiny import TINY, make_tiny_codec
+
+    config = dataclasses.replace(MOSHI, n_q=6, dep_q=3, delays=(0, 0, 1, 1, 0, 1, 1))  # needs 3 codebooks
+    make_tiny_lm(config).save_pretrained(tmp_path)
+    weights = make_tiny_codec(num_codebooks=2, config=dataclasses.replace(TINY, n_q=2)).save_pretrained(tmp_path / "codec")
+    weights.rename(tmp_path / "mimi.safetensors")
+    weights.with_suffix(".json").rename(tmp_path / "mimi.json")
+    with pytest.raises(CheckpointError, match="has 2 codebooks, the LM needs 3"):
+        LM.from_pretrained(tmp_path).codec
