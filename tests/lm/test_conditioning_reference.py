@@ -28,14 +28,6 @@ STEPS = 12
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pair(config, tmp_path, seed=1):
     reference = make_reference_lm(config, seed=seed)
     lm = LM.from_pretrained(save_reference_checkpoint(reference, config, tmp_path))

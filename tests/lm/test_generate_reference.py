@@ -27,14 +27,6 @@ STEPS = 34
 CONFIGS = {name: dataclasses.replace(c, context=8) for name, c in (("moshi", MOSHI), ("hibiki", HIBIKI), ("stt", STT))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pair(config, tmp_path):
     reference = make_reference_lm(config, seed=3)
     lm = LM.from_pretrained(save_reference_checkpoint(reference, config, tmp_path))

@@ -25,14 +25,6 @@ STEPS = 12
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_teacher_forced_logits_equal_the_reference(family, tmp_path):
     from moshi.utils.compile import no_compile
