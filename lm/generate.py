@@ -22,6 +22,13 @@ sum is added to every step's input, its cross source is projected to the cross-a
 of every layer once, here. CFG (cfg_coef != 1) doubles the rows: rows 0..B-1 take the conditioned rows
 of `condition`, rows B..2B-1 the null ones (`Condition.cat(conditioned, null)`); text and depformer
 logits are mixed as null + (cond - null) * coef. A plain tensor [R, D] stands for summed conditions.
+
+TTS hooks (Kyutai TTS, lm.tts / lm.tasks.Speaker), all without a host read: `step(text=...)` replaces the
+sampled text token per slot before the depformer and the token cache see it (the padding state machine's
+decision, made on the host between steps; -1 keeps the sampled token); `step(pad_bonus=...)` is added to
+the PAD logit after CFG, before sampling; `audio_delay` (steps) forces the model's audio stream k to the
+zero token (-1) while a slot's offset < delays[k] + audio_delay. `last_text` [B] holds the text tokens
+sampled by the last step, before any replacement (the state machine reads it between steps).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch
 
 from antiphon.errors import InputError
 from antiphon.lm.conditioners import Condition
+from antiphon.lm.layers import Embedding
 from antiphon.lm.sampling import cfg_mix, sample
 from antiphon.stateful import stateful_modules
 
@@ -43,7 +51,7 @@ class LMGenerator:
 
     def __init__(self, lm, batch_size: int, temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250,
                  top_k_text: int = 25, cfg_coef: float = 1.0, condition: Condition | torch.Tensor | None = None,
-                 rng: torch.Generator | None = None, check_inputs: bool = True):
+                 rng: torch.Generator | None = None, check_inputs: bool = True, audio_delay: int = 0):
         cfg = lm.config
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -54,8 +62,12 @@ class LMGenerator:
         self.condition = self._check_condition(condition)
         self.dep_q, self.n_in = cfg.dep_q, cfg.n_q - cfg.dep_q
         self.max_delay = max(cfg.delays)
+        if not isinstance(audio_delay, int) or audio_delay < 0:
+            raise InputError(f"audio_delay must be an int >= 0 (steps), got {audio_delay!r}")
         device = lm.device
         self.delays = torch.tensor(cfg.delays, device=device, dtype=torch.long)  # [K]
+        self.audio_until = self.delays[1: 1 + self.dep_q] + audio_delay  # [dep_q]: zero audio before these offsets
+        self.audio_delay = audio_delay
         self.initial = torch.tensor([lm.text_initial_token] + [lm.initial_token] * cfg.n_q, device=device)[None, :, None]
         self.tokens = torch.full((batch_size, cfg.num_codebooks, self.max_delay + 2), UNGENERATED,
                                  device=device, dtype=torch.long)  # [B, K, C]
@@ -67,6 +79,7 @@ class LMGenerator:
             self.states = {m: m.init_state(self.rows) for m in stateful_modules(lm)}
             self.depth_cache = lm.depformer.init_cache(self.rows) if self.dep_q else None
         self.last_extra_heads: torch.Tensor | None = None  # [B, heads, dim] softmax probabilities
+        self.last_text = torch.full((batch_size,), UNGENERATED, device=device, dtype=torch.long)  # [B] as sampled
 
     @property
     def cfg(self) -> bool:
@@ -74,19 +87,34 @@ class LMGenerator:
 
     # ------------------------------------------------------------------ public
     @torch.no_grad()
-    def step(self, codes: torch.Tensor) -> torch.Tensor | None:
+    def step(self, codes: torch.Tensor, text: torch.Tensor | None = None,
+             pad_bonus: torch.Tensor | float | None = None) -> torch.Tensor | None:
         """codes int [B, n_q - dep_q, 1]: this frame of the input streams (audio codes in [0, card),
         card = the initial / end-of-input token, -1 = the zero token) -> None while no slot has output
         yet (the first max_delay + 1 steps), else tokens [B, 1 + dep_q, 1]: text, then the dep_q audio
         codes, all of one frame (-2 rows for slots still within their first max_delay + 1 steps).
-        `last_extra_heads` then holds this step's extra-head probabilities [B, heads, dim]."""
+        `last_extra_heads` then holds this step's extra-head probabilities [B, heads, dim].
+
+        text (optional) int [B] or [B, 2]: the text token each slot takes instead of the sampled one, -1
+        keeping the sampled one; with two columns, column 1 applies where the sampled token is the new-word
+        id (existing_text_end_padding_id) and column 0 elsewhere. pad_bonus (optional) float [B] or a
+        number: added to the PAD logit (existing_text_padding_id) before sampling."""
         self._check_codes(codes)
+        forced = self._check_text(text)
         column = self._input_column(codes.to(self.tokens.device))  # [B, K, 1]
         rows = column.repeat(2, 1, 1) if self.cfg else column
         with self._streaming():
             hidden = self.lm.forward_hidden(rows, self.condition, self.cross)  # [R, 1, D]
-        text = sample(self._mix(self.lm.text_linear(hidden[:, 0]).float()), self.temp_text, self.top_k_text, self.rng)
-        new = torch.stack([text] + self._depformer(text, hidden), dim=1)  # [B, 1 + dep_q]
+        logits = self._mix(self.lm.text_linear(hidden[:, 0]).float())
+        if pad_bonus is not None:
+            logits = self._add_pad_bonus(logits, pad_bonus)
+        sampled = sample(logits, self.temp_text, self.top_k_text, self.rng)
+        self.last_text = sampled
+        text = sampled if forced is None else self._replace_text(sampled, forced)
+        audio = self._depformer(text, hidden)
+        if self.audio_delay:  # the zero token until each stream's (delayed) start
+            audio = [torch.where(self.offsets < self.audio_until[k], Embedding.ZERO, a) for k, a in enumerate(audio)]
+        new = torch.stack([text] + audio, dim=1)  # [B, 1 + dep_q]
         if self.lm.extra_heads:
             heads = torch.stack(self.lm.forward_extra_heads(hidden[: self.batch_size, 0]), dim=1)
             self.last_extra_heads = torch.softmax(heads.float(), dim=-1)
@@ -116,6 +144,24 @@ class LMGenerator:
         now = (self.offsets % size)[:, None, None].expand(-1, self.tokens.shape[1], 1)
         is_initial = self.offsets[:, None, None] <= self.delays[None, :, None]
         return torch.where(is_initial, self.initial, self.tokens.gather(2, now))
+
+    def _replace_text(self, sampled: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
+        """sampled [B], forced [B, 2] -> [B]: the forced token of the sampled action, -1 keeping it."""
+        is_word = sampled == self.lm.config.existing_text_end_padding_id
+        chosen = torch.where(is_word, forced[:, 1], forced[:, 0])
+        return torch.where(chosen < 0, sampled, chosen)
+
+    def _add_pad_bonus(self, logits: torch.Tensor, bonus: torch.Tensor | float) -> torch.Tensor:
+        """logits [B, N] -> a copy with `bonus` ([B] or a number) added to the PAD column."""
+        pad = self.lm.config.existing_text_padding_id
+        if isinstance(bonus, torch.Tensor):
+            if bonus.shape != (self.batch_size,):
+                raise InputError(f"pad_bonus must be a number or a float tensor [B = {self.batch_size}], "
+                                 f"got {list(bonus.shape)}")
+            bonus = bonus.to(logits.device, logits.dtype)
+        logits = logits.clone()
+        logits[:, pad] += bonus
+        return logits
 
     def _depformer(self, text: torch.Tensor, hidden: torch.Tensor) -> list[torch.Tensor]:
         """text [B], hidden [R, 1, D] -> dep_q audio tokens, each [B]."""
@@ -175,6 +221,20 @@ class LMGenerator:
             raise InputError(f"cfg_coef={self.cfg_coef} needs a condition of 2B = {self.rows} rows: "
                              f"Condition.cat(conditioned, null); got {condition.batch_size} rows")
         return lm._check_condition(condition, (self.rows, 1))
+
+    def _check_text(self, text) -> torch.Tensor | None:
+        """The forced text tokens -> [B, 2] on the device (shape and dtype only: no host read)."""
+        if text is None:
+            return None
+        batch = self.batch_size
+        if not isinstance(text, torch.Tensor) or text.shape not in ((batch,), (batch, 2)):
+            got = list(text.shape) if isinstance(text, torch.Tensor) else type(text).__name__
+            raise InputError(f"step text must be an int tensor [B] or [B, 2] = [{batch}] or [{batch}, 2] (forced text "
+                             f"tokens, -1 keeps the sampled one), got {got}")
+        if text.dtype.is_floating_point or text.dtype == torch.bool or text.is_complex():
+            raise InputError(f"step text must be an integer tensor, got {text.dtype}")
+        text = text.to(self.tokens.device, torch.long)
+        return text[:, None].expand(-1, 2) if text.dim() == 1 else text
 
     def _check_codes(self, codes: torch.Tensor) -> None:
         want = (self.batch_size, self.n_in, 1)

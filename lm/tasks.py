@@ -2,6 +2,8 @@
 small typed results. Dialogue (Moshi): user audio codes in -> text token + audio codes out. STT (Kyutai
 STT): audio codes in -> text tokens with timestamps and the semantic VAD probabilities. Translation
 (Hibiki): source audio codes in -> target text token + audio codes out, conditioned on a quality label.
+TTS (Kyutai TTS): words in per slot -> audio codes and word timestamps out, with the padding state
+machine of lm.tts deciding the text stream on the host between steps.
 
 Sampling defaults come from the config's `lm_gen_config` (temp, temp_text, top_k, top_k_text), then from
 the task's defaults; keyword arguments override both. Like the reference (§3.1), the model never sees the
@@ -12,6 +14,7 @@ frame of silence first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -161,3 +164,161 @@ class Translator:
     def reset(self, mask: torch.Tensor) -> None:
         self.generator.reset(mask)
         self.source_ended.masked_fill_(mask.to(self.source_ended.device), False)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpokenWord:
+    slot: int
+    text: str
+    start: float  # seconds on the slot's audio clock (0 = its first `ready` frame)
+    stop: float  # seconds: when its last token was fed (the next word may start later)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechFrame:
+    audio: torch.Tensor  # [B, dep_q, 1] long: this frame's audio codes, for codec.decode (-1 / -2 where not ready)
+    ready: torch.Tensor  # [B] bool: the frame belongs to the slot's speech (past the audio delay, not past its end)
+    last: torch.Tensor  # [B] bool: the slot's final frame: its text is fully spoken, reset it for new text
+    words: tuple[SpokenWord, ...]  # words whose last token was fed at this step, with their times
+
+
+class Speaker:
+    """Streaming text-to-speech (Kyutai TTS, delayed streams): words in per slot (`push(slot, text)`,
+    `end(slot)`), one audio frame out per `step()` for all B slots, with word timestamps.
+
+    The audio runs `tts_config["audio_delay"]` seconds (delay_steps steps) behind the text; the padding
+    state machine (lm.tts) decides on the host, between steps, which text the model is fed. Conditioning:
+    `voice` (a kyutai/tts-voices speaker-embedding file or tensor [1, C, T], one for all slots or a list of
+    B) through cross-attention, `cfg` (the distilled guidance value, a label of the cfg conditioner),
+    control "ok". `padding_bonus` (float or [B]; -2..2) slows speech when positive. A slot's step is
+    faithful to the reference only while it has lookahead + 1 words queued or has ended; until then it
+    waits on PAD (the reference server skips it). `reset(mask [B])` starts new utterances."""
+
+    def __init__(self, lm, batch_size: int, voice=None, cfg: float | None = 2.0, padding_bonus: float | torch.Tensor = 0.0,
+                 initial_padding: int = 2, max_padding: int = 8, padding_between: int = 1, final_padding: int = 4,
+                 tokenizer=None, **sampling):
+        from antiphon.lm import tts
+
+        cfg_ = lm.config
+        if not cfg_.dep_q or "audio_delay" not in cfg_.tts_config:
+            raise InputError("text-to-speech needs a TTS model: a depformer and tts_config['audio_delay'] in config.json")
+        self.lm, self.batch_size, self.tokenizer = lm, batch_size, tokenizer
+        self.delay_steps = int(cfg_.tts_config["audio_delay"] * tts.FRAME_RATE)
+        self.ahead = int(cfg_.tts_config.get("second_stream_ahead", 0))
+        self.machine_options = dict(text_card=cfg_.text_card, second_stream_ahead=self.ahead, max_padding=max_padding,
+                                    initial_padding=initial_padding, new_word=cfg_.existing_text_end_padding_id,
+                                    pad=cfg_.existing_text_padding_id)
+        self.padding_between, self.final_padding = padding_between, final_padding
+        self.padding_bonus = torch.as_tensor(padding_bonus, dtype=torch.float32).to(lm.device).expand(batch_size)
+        condition, self.multi_speaker = self._condition(voice, cfg)
+        self.generator = _generator(lm, batch_size, {"temp": 0.6, "temp_text": 0.6}, sampling, condition=condition,
+                                    audio_delay=self.delay_steps)
+        self.codes = torch.full((batch_size, cfg_.n_q - cfg_.dep_q, 1), -1, dtype=torch.long, device=lm.device)
+        self.machines = [self._machine() for _ in range(batch_size)]
+        self.steps = [0] * batch_size  # host: steps done per slot
+        self.started = [False] * batch_size  # host: a word was pushed (the first one gets MAIN)
+
+    # ------------------------------------------------------------------ text in
+    def push(self, slot: int, text: str) -> None:
+        """Whole words for `slot` (split on whitespace; `<break time="0.5s"/>` is a pause)."""
+        from antiphon.lm import tts
+
+        slot = self._check_slot(slot)
+        first = tts.MAIN if self.multi_speaker and not self.started[slot] else None
+        entries = tts.text_to_entries(self._tokenizer, text, self.padding_between, first)
+        self.machines[slot].push(entries)
+        self.started[slot] |= any(e.tokens for e in entries)
+
+    def end(self, slot: int) -> None:
+        """No more words for `slot`: it finishes the queued ones, then final_padding frames."""
+        self.machines[self._check_slot(slot)].end()
+
+    @property
+    def waiting(self) -> list[bool]:
+        """Per slot: not ended and too few words queued for a faithful next step (feed more words)."""
+        return [m.waiting for m in self.machines]
+
+    # ------------------------------------------------------------------ one frame
+    def step(self) -> SpeechFrame:
+        choices = torch.tensor([m.choices(s) for m, s in zip(self.machines, self.steps)], dtype=torch.long)
+        out = self.generator.step(self.codes, text=choices.to(self.lm.device), pad_bonus=self.padding_bonus)
+        sampled = self.generator.last_text.tolist()  # the one host read, between steps
+        words, ready, last = [], [], []
+        for b, machine in enumerate(self.machines):
+            said = len(machine.said)
+            machine.advance(self.steps[b], sampled[b])
+            words += [self._timed(b, w) for w in machine.said[said:]]
+            self.steps[b] += 1
+            frame = self.steps[b] - 1 - self.generator.max_delay  # the frame emitted this step
+            stop = None if machine.end_step is None else machine.end_step + self.delay_steps + self.final_padding
+            ready.append(frame >= self.delay_steps and (stop is None or frame < stop))
+            last.append(stop is not None and frame == stop - 1)
+        dep_q = self.lm.config.dep_q
+        audio = out[:, 1:] if out is not None else torch.full((self.batch_size, dep_q, 1), -2, device=self.lm.device)
+        as_mask = functools.partial(torch.tensor, dtype=torch.bool, device=self.lm.device)
+        return SpeechFrame(audio=audio, ready=as_mask(ready), last=as_mask(last), words=tuple(words))
+
+    def reset(self, mask: torch.Tensor) -> None:
+        self.generator.reset(mask)
+        for b in mask.nonzero().flatten().tolist():
+            self.machines[b], self.steps[b], self.started[b] = self._machine(), 0, False
+
+    # ------------------------------------------------------------------ helpers
+    def _timed(self, slot: int, word) -> SpokenWord:
+        # text step s sits at audio frame s + delay_steps: (s + delay_steps) * 0.08 s minus the audio delay,
+        # on the clock of the slot's speech (0 = its first ready frame, frame delay_steps)
+        return SpokenWord(slot, word.text, word.start * FRAME_SECONDS, word.stop * FRAME_SECONDS)
+
+    def _machine(self):
+        from antiphon.lm.tts import PaddingMachine
+
+        return PaddingMachine(**self.machine_options)
+
+    @property
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            self.tokenizer = self.lm.tokenizer
+        return self.tokenizer
+
+    def _check_slot(self, slot: int) -> int:
+        if not isinstance(slot, int) or not 0 <= slot < self.batch_size:
+            raise InputError(f"slot must be an int in [0, {self.batch_size}), got {slot!r}")
+        return slot
+
+    def _condition(self, voice, cfg: float | None):
+        from antiphon.lm import tts
+
+        lm = self.lm
+        if not lm.is_conditioned:
+            if voice is not None or cfg is not None:
+                raise InputError("this TTS model has no conditioners: pass voice=None, cfg=None")
+            return None, False
+        provider = lm.condition_provider
+        attributes = {}
+        for name in provider.fused:
+            spec = provider.conditioners[name].spec
+            if name == tts.VOICE_KEY:
+                attributes[name] = self._voices(voice, spec.dim)
+            elif name == "cfg":
+                attributes[name] = None if cfg is None else format(float(cfg), ".1f")
+            elif name == "control":
+                attributes[name] = "ok"
+            else:
+                raise InputError(f"this TTS model is conditioned on {name!r}, which Speaker does not know")
+        if voice is not None and tts.VOICE_KEY not in provider.fused:
+            raise InputError("this TTS model takes no voice (no speaker_wavs conditioner): pass voice=None")
+        return lm.condition(self.batch_size, **attributes), tts.VOICE_KEY in provider.fused
+
+    def _voices(self, voice, dim: int):
+        from antiphon.lm import tts
+
+        if voice is None:
+            raise InputError("this TTS model speaks in a given voice: pass voice= a kyutai/tts-voices "
+                             "speaker-embedding .safetensors file (or a tensor [1, C, T])")
+        each = list(voice) if isinstance(voice, (list, tuple)) else [voice] * self.batch_size
+        if len(each) != self.batch_size:
+            raise InputError(f"give one voice for all slots or a list of B = {self.batch_size}, got {len(each)}")
+        sources = [tts.speaker_source([tts.load_voice(v, dim)]) for v in each]
+        if len({s[0].shape for s in sources}) > 1:
+            raise InputError("the voices of the slots must have the same length T")
+        return torch.cat([s[0] for s in sources]), torch.cat([s[1] for s in sources])

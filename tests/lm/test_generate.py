@@ -19,14 +19,6 @@ STEPS = 30
 SHORT = {name: dataclasses.replace(c, context=8) for name, c in (("moshi", MOSHI), ("hibiki", HIBIKI), ("stt", STT))}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # tiny matmuls: threads only add contention
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lm():
     return make_tiny_lm(SHORT["moshi"], seed=1)

@@ -16,14 +16,6 @@ from .tiny import HIBIKI_LUT, MOSHI, STT, make_tiny_lm
 GREEDY = {"temp": 0.0, "temp_text": 0.0, "top_k": 250, "top_k_text": 25}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def frames(config, batch: int, steps: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, config.card, (steps, batch, config.n_q - config.dep_q, 1), generator=g)
