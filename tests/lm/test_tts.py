@@ -18,14 +18,6 @@ from .tiny import SPEAKER_DIM, TTS, TTS_CROSS, make_tiny_lm
 WORD, PAD, CARD = 0, 3, 40  # new_word, pad, text_card
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(machine: PaddingMachine, sampled: list[int]) -> list[int]:
     """Feed scripted sampled tokens; check that `choices` announced each decision."""
     fed = []

@@ -28,14 +28,6 @@ pytestmark = pytest.mark.reference
 TEXTS = ["hello world the model speaks", "quick brown foxes jump"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("padding_bonus", [0.0, 1.5])
 def test_speaker_equals_moshi_tts(tmp_path, padding_bonus):
     from moshi.models.tts import StateMachine, TokenIds, TTSModel
