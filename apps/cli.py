@@ -12,11 +12,11 @@ import logging
 import sys
 
 from antiphon import __version__
-from antiphon.apps import bench_cmd, codec_cmd
+from antiphon.apps import bench_cmd, codec_cmd, serve_cmd
 from antiphon.apps.help import Formatter
 from antiphon.errors import AntiphonError
 
-COMMANDS = (codec_cmd, bench_cmd)
+COMMANDS = (codec_cmd, bench_cmd, serve_cmd)
 
 DESCRIPTION = "antiphon: a full-duplex realtime speech model service (Mimi-compatible codec, multistream LM)."
 EPILOG = """\
@@ -26,6 +26,7 @@ examples:
   antiphon codec decode speech.codes speech-decoded.wav  # codes -> audio
   antiphon -v codec encode speech.wav speech.codes --model path/to/codec
   antiphon bench codec                                   # streaming speed, against the reference
+  antiphon serve --slots 4                               # WebSocket /api/chat on 127.0.0.1:8998
 
 Run `antiphon COMMAND --help` for the options of a command.
 Errors print `antiphon: error: ...` and exit with status 2; Ctrl-C exits with 130."""

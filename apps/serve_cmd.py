@@ -1,0 +1,99 @@
+"""`antiphon serve`: the engine and the WebSocket server (/api/chat, /api/health, /metrics).
+
+The model (LM.from_pretrained) brings its codec (`lm.codec`) and, when its repository has one, its text
+tokenizer; without one, text goes out as token ids (" 17"). The engine warms up on silence, then ticks
+every 80 ms on its own thread; the server runs on the asyncio loop until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from antiphon.apps.help import Formatter
+
+from antiphon.errors import CheckpointError, InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "kyutai/moshiko-pytorch-bf16"
+
+
+def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "serve", parents=common, formatter_class=Formatter, help="serve a dialogue model over WebSocket",
+        description="Serve a model over WebSocket: /api/chat (the Moshi protocol), /api/health and /metrics. "
+                    "One engine steps every session together, one 80 ms tick at a time.",
+        epilog="examples:\n"
+               "  antiphon serve                                     # Moshi on 127.0.0.1:8998, 4 slots\n"
+               "  antiphon serve --model path/to/model --slots 8\n"
+               "  antiphon serve --host 0.0.0.0 --api-key SECRET     # other hosts: a key is required\n\n"
+               "Clients present a key with the header kyutai-api-key or the query ?auth_id=. Keys are required "
+               "when the server listens beyond loopback (the key 'public_token' unless --api-key is given), "
+               "or whenever --api-key is given.")
+    p.add_argument("--model", metavar="SOURCE", default=DEFAULT_MODEL,
+                   help=f"LM: Hugging Face repo id or local directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8998, help="port, 0 for any free one (default: 8998)")
+    p.add_argument("--slots", type=int, default=4, help="sessions served at once (default: 4)")
+    p.add_argument("--api-key", action="append", default=[], metavar="KEY", help="an accepted API key (repeatable)")
+    p.add_argument("--tick-ms", type=float, default=80.0, help="milliseconds between engine ticks (default: 80)")
+    p.add_argument("--seed", type=int, default=42424242, help="sampling seed (default: 42424242, as moshi's server)")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import torch
+    from antiphon.lm import LM
+    from antiphon.streaming.auth import DEFAULT_KEYS, auth_required_by_default
+
+    if args.slots < 1:
+        raise InputError(f"--slots must be at least 1, got {args.slots}")
+    if not 0 < args.tick_ms <= 1000:
+        raise InputError(f"--tick-ms must be in (0, 1000], got {args.tick_ms}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    lm = LM.from_pretrained(args.model, device=device)
+    try:
+        tokenizer = lm.tokenizer
+    except CheckpointError as e:
+        logger.warning("no text tokenizer (%s): text goes out as token ids", e)
+        tokenizer = None
+    required = bool(args.api_key) or auth_required_by_default(args.host)
+    keys = args.api_key or sorted(DEFAULT_KEYS)
+    if required and not args.api_key:
+        logger.warning("listening beyond loopback without --api-key: clients must send the key %r", keys[0])
+    rng = torch.Generator(device=lm.device).manual_seed(args.seed)
+    server = build_server(lm, lm.codec, args.slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
+                          interval=args.tick_ms / 1000, rng=rng)
+    server.engine.warmup()
+    try:
+        asyncio.run(_serve_forever(server, args.host, args.port))
+    finally:
+        server.engine.close()
+    return 0
+
+
+def build_server(lm, codec, slots: int, tokenizer=None, api_keys=None, auth_required: bool = False,
+                 interval: float = 0.08, max_message_bytes: int | None = None, **sampling):
+    """A ChatServer over a new Engine(lm, codec, slots) (not started: call server.engine.start())."""
+    from antiphon.streaming.auth import DEFAULT_KEYS
+    from antiphon.streaming.engine import Engine
+    from antiphon.streaming.errors import MAX_MESSAGE_BYTES
+    from antiphon.streaming.server import ChatServer
+    from antiphon.streaming.session import id_pieces, tokenizer_pieces
+
+    engine = Engine(lm, codec, slots, interval=interval, **sampling)
+    piece = tokenizer_pieces(tokenizer) if tokenizer is not None else id_pieces
+    return ChatServer(engine, piece=piece, api_keys=api_keys or DEFAULT_KEYS, auth_required=auth_required,
+                      max_message_bytes=max_message_bytes or MAX_MESSAGE_BYTES)
+
+
+async def _serve_forever(server, host: str, port: int) -> None:
+    server.engine.start()
+    async with server.serve(host, port) as ws_server:
+        port = ws_server.sockets[0].getsockname()[1]  # the one the system chose for --port 0
+        print(f"antiphon: serving ws://{host}:{port}/api/chat ({server.engine.slots} slots); Ctrl-C stops",
+              flush=True)
+        await asyncio.Future()
