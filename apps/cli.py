@@ -12,11 +12,11 @@ import logging
 import sys
 
 from antiphon import __version__
-from antiphon.apps import bench_cmd, codec_cmd, serve_cmd
+from antiphon.apps import bench_cmd, codec_cmd, serve_cmd, speak_cmd, transcribe_cmd
 from antiphon.apps.help import Formatter
 from antiphon.errors import AntiphonError
 
-COMMANDS = (codec_cmd, bench_cmd, serve_cmd)
+COMMANDS = (codec_cmd, bench_cmd, serve_cmd, transcribe_cmd, speak_cmd)
 
 DESCRIPTION = "antiphon: a full-duplex realtime speech model service (Mimi-compatible codec, multistream LM)."
 EPILOG = """\
@@ -27,6 +27,8 @@ examples:
   antiphon -v codec encode speech.wav speech.codes --model path/to/codec
   antiphon bench codec                                   # streaming speed, against the reference
   antiphon serve --slots 4                               # WebSocket /api/chat on 127.0.0.1:8998
+  antiphon transcribe speech.wav --json                  # speech to text, words with times
+  antiphon speak "Hello there." -o hello.wav             # text to speech
 
 Run `antiphon COMMAND --help` for the options of a command.
 Errors print `antiphon: error: ...` and exit with status 2; Ctrl-C exits with 130."""
