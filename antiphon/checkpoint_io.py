@@ -27,6 +27,24 @@ def read_json(path: str | Path, what: str) -> dict:
     return value
 
 
+class KyutaiJsonConfig:
+    """`from_json` / `save_json` for a config class with `from_kyutai(dict)` / `to_kyutai()` and a `WHAT`
+    ("codec config", "LM config") that names it in errors."""
+
+    WHAT = "config"
+
+    @classmethod
+    def from_json(cls, path: str | Path):
+        cfg = read_json(path, cls.WHAT)
+        try:
+            return cls.from_kyutai(cfg)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_kyutai(), indent=2) + "\n")
+
+
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from antiphon.apps.devices import parse_device
 from antiphon.apps.audio_io import read_audio_native, resample, write_wav
 from antiphon.apps.help import Formatter
 from antiphon.errors import InputError
@@ -195,16 +196,10 @@ def _check_output(path: str) -> None:
 
 
 def _load_codec(source: str, num_codebooks: int, device: str):
-    import torch
 
     from antiphon.codec import Codec
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise InputError(f"bad --device {device!r}: {e}") from None
+    device = parse_device(device)
     if num_codebooks < 1:
         raise InputError(f"--num-codebooks must be at least 1, got {num_codebooks}")
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 
+from antiphon.apps.devices import parse_device
 from antiphon.apps.help import Formatter
 
 from antiphon.errors import CheckpointError, InputError
@@ -53,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError(f"--slots must be at least 1, got {args.slots}")
     if not 0 < args.tick_ms <= 1000:
         raise InputError(f"--tick-ms must be in (0, 1000], got {args.tick_ms}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = parse_device(args.device)
     lm = LM.from_pretrained(args.model, device=device)
     try:
         tokenizer = lm.tokenizer

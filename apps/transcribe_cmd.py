@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from antiphon.apps.devices import parse_device
 from antiphon.apps.help import Formatter
 from antiphon.errors import InputError
 
@@ -64,16 +65,10 @@ def run_transcribe(args: argparse.Namespace) -> int:
 
 
 def load_lm(source: str, device: str):
-    import torch
 
     from antiphon.lm import LM
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise InputError(f"bad --device {device!r}: {e}") from None
+    device = parse_device(device)
     start = time.perf_counter()
     lm = LM.from_pretrained(source, device=device)
     logger.info("loaded %s on %s in %.2f s", source, device, time.perf_counter() - start)

@@ -9,16 +9,16 @@ what antiphon does (causal, conv_layout, ...) are checked against the one suppor
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-from pathlib import Path
 
-from antiphon.checkpoint_io import read_json
+from antiphon.checkpoint_io import KyutaiJsonConfig
 from antiphon.errors import CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
-class CodecConfig:
+class CodecConfig(KyutaiJsonConfig):
+    WHAT = "codec config"  # in errors
+
     sample_rate: int = 24000
     channels: int = 1
     frame_rate: float = 12.5
@@ -142,16 +142,6 @@ class CodecConfig:
             },
         }
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "CodecConfig":
-        cfg = read_json(path, "codec config")
-        try:
-            return cls.from_kyutai(cfg)
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}") from None
-
-    def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_kyutai(), indent=2) + "\n")
 
 
 def _take(out: dict, section: dict, where: str, mapping: dict, fixed: dict) -> None:

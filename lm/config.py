@@ -13,12 +13,10 @@ naming the key; keys antiphon does not know are logged as a warning and ignored.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
-from antiphon.checkpoint_io import read_json
+from antiphon.checkpoint_io import KyutaiJsonConfig
 from antiphon.errors import CheckpointError
 from antiphon.lm.conditioners import ConditionerSpec, FuserSpec, parse_conditioning
 
@@ -34,8 +32,10 @@ POSITIONAL = ("rope", "none", "sin", "sin_rope")  # not built: "rope_concat" (no
 
 
 @dataclasses.dataclass(frozen=True)
-class LMConfig:
+class LMConfig(KyutaiJsonConfig):
     """Defaults: Moshi 7B (`loaders._lm_kwargs`, reference §2.1)."""
+
+    WHAT = "LM config"  # in errors
 
     # temporal transformer
     dim: int = 4096
@@ -245,16 +245,6 @@ class LMConfig:
         out["causal"] = True
         return out
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "LMConfig":
-        cfg = read_json(path, "LM config")
-        try:
-            return cls.from_kyutai(cfg)
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}") from None
-
-    def save_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_kyutai(), indent=2) + "\n")
 
 
 # The reference LM constructor's defaults, for keys a config.json leaves out.
