@@ -13,6 +13,37 @@ from safetensors.torch import load_file
 from antiphon.errors import CheckpointError
 
 
+class HubRepo:
+    """Files of a Hugging Face repo, through huggingface_hub and its cache. The first connection failure
+    switches to the local cache only, so that an offline machine answers at once after one try."""
+
+    def __init__(self, repo_id: str):
+        self.repo_id = repo_id
+        self.offline = False  # the hub could not be reached
+
+    def fetch(self, name: str) -> Path | None:
+        """The local path of `name`, or None when the repo has no such file (or, offline, the cache)."""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(self.repo_id, name, local_files_only=self.offline))
+        except LocalEntryNotFoundError:  # no connection and not in the cache (a subclass of the next)
+            self.offline = True
+            return None
+        except EntryNotFoundError:
+            return None
+        except HfHubHTTPError as e:
+            raise CheckpointError(f"cannot fetch {name} from the Hugging Face hub repo {self.repo_id}: {e}") from None
+
+    def missing(self, what: str) -> CheckpointError:
+        """The error for a file that did not come: unreachable hub, or absent from the repo."""
+        if self.offline:
+            return CheckpointError(f"{self.repo_id}: the Hugging Face hub cannot be reached and {what} is not in "
+                                   f"the local cache; give a local path instead")
+        return CheckpointError(f"repo {self.repo_id} has no {what}")
+
+
 def read_json(path: str | Path, what: str) -> dict:
     """A JSON object from `path`; CheckpointError naming `what` ("codec config", ...) otherwise."""
     path = Path(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from antiphon.checkpoint_io import check_tensors, read_safetensors
+from antiphon.checkpoint_io import HubRepo, check_tensors, read_safetensors
 from antiphon.codec.config import CodecConfig
 from antiphon.codec.model import Codec
 from antiphon.errors import CheckpointError
@@ -80,37 +80,15 @@ def _name_from_lm_config(config_path: Path) -> str | None:
 
 
 def _weights_from_hub(repo_id: str) -> Path:
-    """Fetch through huggingface_hub (and its cache). When the hub cannot be reached, the first
-    failure switches to the local cache only, so that an offline machine answers at once."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    offline = False
-
-    def fetch(name: str) -> Path | None:
-        nonlocal offline
-        try:
-            return Path(hf_hub_download(repo_id, name, local_files_only=offline))
-        except EntryNotFoundError:
-            return None
-        except LocalEntryNotFoundError:  # no connection, and not in the cache
-            offline = True
-            return None
-
-    try:
-        config = fetch("config.json")
-        named = _name_from_lm_config(config) if config else None
-        for name in [named] if named else KNOWN_FILENAMES:
-            weights = fetch(name)
-            if weights is not None:
-                fetch(weights.with_suffix(".json").name)  # the config of a non-default size, if any
-                return weights
-    except HfHubHTTPError as e:
-        raise CheckpointError(f"cannot fetch the codec from the Hugging Face hub repo {repo_id}: {e}") from None
-    if offline:
-        raise CheckpointError(f"{repo_id}: the Hugging Face hub cannot be reached and the codec is not in the local "
-                              f"cache; give a local directory or .safetensors file instead")
-    raise CheckpointError(f"repo {repo_id} holds no codec weights ({named or ' or '.join(KNOWN_FILENAMES)})")
+    repo = HubRepo(repo_id)
+    config = repo.fetch("config.json")
+    named = _name_from_lm_config(config) if config else None
+    for name in [named] if named else KNOWN_FILENAMES:
+        weights = repo.fetch(name)
+        if weights is not None:
+            repo.fetch(weights.with_suffix(".json").name)  # the config of a non-default size, if any
+            return weights
+    raise repo.missing(f"codec weights ({named or ' or '.join(KNOWN_FILENAMES)})")
 
 
 def config_beside(weights: Path) -> CodecConfig:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from antiphon.checkpoint_io import check_tensors, read_safetensors
+from antiphon.checkpoint_io import HubRepo, check_tensors, read_safetensors
 from antiphon.errors import CheckpointError
 from antiphon.lm.config import LMConfig
 from antiphon.lm.model import LM
@@ -40,7 +40,7 @@ class Source:
 
     def __init__(self, directory: Path | None = None, repo_id: str | None = None):
         self.directory, self.repo_id = directory, repo_id
-        self._offline = False
+        self._hub = HubRepo(repo_id) if repo_id is not None else None
 
     def __str__(self) -> str:
         return str(self.directory) if self.directory is not None else self.repo_id
@@ -73,25 +73,10 @@ class Source:
         return self._fetch_from_hub(name, required)
 
     def _fetch_from_hub(self, name: str, required: bool) -> Path | None:
-        """Through huggingface_hub and its cache; the first connection failure switches to the local
-        cache only, so that an offline machine answers at once."""
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            return Path(hf_hub_download(self.repo_id, name, local_files_only=self._offline))
-        except EntryNotFoundError:
-            if required:
-                raise CheckpointError(f"repo {self.repo_id} has no {name}") from None
-            return None
-        except LocalEntryNotFoundError:
-            self._offline = True
-            if required:
-                raise CheckpointError(f"{self.repo_id}: the Hugging Face hub cannot be reached and {name} is not in "
-                                      f"the local cache; give a local directory instead") from None
-            return None
-        except HfHubHTTPError as e:
-            raise CheckpointError(f"cannot fetch {name} from the Hugging Face hub repo {self.repo_id}: {e}") from None
+        path = self._hub.fetch(name)
+        if path is None and required:
+            raise self._hub.missing(name)
+        return path
 
 
 def read_config(source: Source) -> LMConfig:
