@@ -18,9 +18,11 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from antiphon.apps.help import Formatter
 
@@ -111,6 +113,37 @@ class ReferenceRunner:
             tail = self.proc.stderr.read().strip().splitlines()[-1:] or ["(no output)"]
             raise RuntimeError(f"reference failed: {tail[0]}")
         return json.loads(line)
+
+
+@dataclass
+class Turns:
+    """Per-step seconds of every session of each side, the per-round speedups, the reference's replies."""
+
+    ours: list[float] = field(default_factory=list)
+    theirs: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    replies: list[dict] = field(default_factory=list)
+
+
+def take_turns(rounds: int, session, reference, share=lambda payload: None) -> Turns:
+    """Run `session()` -> (seconds per step, payload) and, when `reference` is a runner, one reference
+    session after each (`share(payload)` first, e.g. to leave antiphon's codes for it to compare);
+    closes the runner at the end."""
+    turns = Turns()
+    try:
+        for _ in tqdm(range(rounds), desc="rounds", leave=False):
+            seconds, payload = session()
+            turns.ours += seconds
+            if isinstance(reference, ReferenceRunner):
+                share(payload)
+                reply = reference.session()
+                turns.theirs += reply["seconds"]
+                turns.replies.append(reply)
+                turns.ratios.append(statistics.median(reply["seconds"]) / statistics.median(seconds))
+    finally:
+        if isinstance(reference, ReferenceRunner):
+            reference.close()
+    return turns
 
 
 def compare(result: dict, ours: list[float], theirs: list[float], ratios: list[float], period_ms: float,

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from antiphon.apps.bench_cmd import (ReferenceRunner, add_common_options, compare, device_sync, machine, report,
-                                     summarize)
+                                     summarize, take_turns)
 from antiphon.apps.help import Formatter
 
 
@@ -65,6 +64,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
+        codes_path = Path(tmp) / "antiphon-codes.pt"  # antiphon's codes, for the reference to compare
         if args.model:
             codec = Codec.from_pretrained(args.model, num_codebooks=args.num_codebooks, device=device)
             reference = None if args.no_reference else "--model given: the reference runs on random full-size weights only"
@@ -76,34 +76,25 @@ def run(args) -> int:
             reference = None if args.no_reference else ReferenceRunner.start("codec_bench.py", [
                 "--weights", str(weights), "--frames", str(args.steps), "--warmup", str(args.warmup),
                 "--batch", str(args.batch), "--num-codebooks", str(args.num_codebooks), "--device", args.device,
-                "--threads", str(torch.get_num_threads()), "--codes", str(Path(tmp) / "antiphon-codes.pt")])
+                "--threads", str(torch.get_num_threads()), "--codes", str(codes_path)])
         wav = bench_audio(args.batch, args.steps + args.warmup, codec.frame_size).to(device)
         frame_ms = 1000 * codec.frame_size / codec.sample_rate
-        ours, theirs, ratios, agreement = [], [], [], []
-        try:
-            for _ in tqdm(range(args.rounds), desc="rounds", leave=False):
-                with codec.streaming(args.batch):
-                    seconds, codes = time_frames(codec.encode, codec.decode, wav, codec.frame_size, args.warmup,
-                                                 device_sync(device))
-                ours += seconds
-                if isinstance(reference, ReferenceRunner):
-                    torch.save(codes.cpu(), Path(tmp) / "antiphon-codes.pt")
-                    ref = reference.session()
-                    theirs += ref["seconds"]
-                    agreement.append(ref["codes_agreement"])
-                    ratios.append(summarize(ref["seconds"], 1)["ms_median"] / summarize(seconds, 1)["ms_median"])
-        finally:
-            if isinstance(reference, ReferenceRunner):
-                reference.close()
+
+        def session():
+            with codec.streaming(args.batch):
+                return time_frames(codec.encode, codec.decode, wav, codec.frame_size, args.warmup, device_sync(device))
+
+        turns = take_turns(args.rounds, session, reference, share=lambda codes: torch.save(codes.cpu(), codes_path))
+    agreement = [reply["codes_agreement"] for reply in turns.replies]
     result = {
         "benchmark": "codec streaming encode+decode per frame",
         "machine": machine(device),
         "settings": {"batch": args.batch, "frames": args.steps, "warmup": args.warmup, "rounds": args.rounds,
                      "num_codebooks": args.num_codebooks, "model": args.model or "random (full Mimi size)",
                      "device": str(device)},
-        "antiphon": summarize(ours, frame_ms),
+        "antiphon": summarize(turns.ours, frame_ms),
     }
-    compare(result, ours, theirs, ratios, frame_ms, reference,
+    compare(result, turns.ours, turns.theirs, turns.ratios, frame_ms, reference,
             {"codes_agreement": min(agreement)} if agreement else None)
     note = f"; codes agree on {100 * min(agreement):.2f}%" if agreement else ""
     report(result, f"codec streaming, batch {args.batch}, {args.num_codebooks} codebooks, {device} "

@@ -8,10 +8,9 @@ import tempfile
 import time
 
 import torch
-from tqdm import tqdm
 
 from antiphon.apps.bench_cmd import (ReferenceRunner, add_common_options, compare, device_sync, machine, report,
-                                     summarize)
+                                     summarize, take_turns)
 from antiphon.apps.help import Formatter
 
 STEP_MS = 80.0  # one step per 12.5 Hz frame
@@ -73,28 +72,21 @@ def run(args) -> int:
             "--checkpoint", tmp, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
             "--device", args.device, "--threads", str(torch.get_num_threads())])
         inputs = bench_inputs(args.batch, config.n_q - config.dep_q, args.steps + args.warmup, config.card).to(device)
-        ours, theirs, ratios = [], [], []
-        try:
-            for _ in tqdm(range(args.rounds), desc="rounds", leave=False):
-                generator = lm.generator(args.batch, rng=torch.Generator(device).manual_seed(0), check_inputs=False)
-                seconds = time_steps(generator.step, inputs, args.warmup, device_sync(device))
-                ours += seconds
-                if isinstance(reference, ReferenceRunner):
-                    ref = reference.session()
-                    theirs += ref["seconds"]
-                    ratios.append(summarize(ref["seconds"], 1)["ms_median"] / summarize(seconds, 1)["ms_median"])
-        finally:
-            if isinstance(reference, ReferenceRunner):
-                reference.close()
+
+        def session():
+            generator = lm.generator(args.batch, rng=torch.Generator(device).manual_seed(0), check_inputs=False)
+            return time_steps(generator.step, inputs, args.warmup, device_sync(device)), None
+
+        turns = take_turns(args.rounds, session, reference)
     result = {
         "benchmark": "LM streaming generation step",
         "machine": machine(device),
         "settings": {"shape": args.shape, "parameters": params, "batch": args.batch, "steps": args.steps,
                      "warmup": args.warmup, "rounds": args.rounds, "device": str(device),
                      "sampling": "temp 0.8 / top-k 250 audio, temp 0.7 / top-k 25 text"},
-        "antiphon": summarize(ours, STEP_MS),
+        "antiphon": summarize(turns.ours, STEP_MS),
     }
-    compare(result, ours, theirs, ratios, STEP_MS, reference)
+    compare(result, turns.ours, turns.theirs, turns.ratios, STEP_MS, reference)
     report(result, f"LM step, {args.shape} ({params / 1e6:.1f} M parameters), batch {args.batch}, {device} "
                    f"({torch.get_num_threads()} threads)", "step", args.json, "lm")
     return 0
