@@ -6,11 +6,23 @@ a slot's previous session carry position -1 and are masked, and nothing else of 
 changes. A call's steps are written before they attend, so the ring holds `context + PIECE - 1`
 steps and a call is taken in pieces of at most PIECE steps: no step ever loses a key of its window,
 and streaming equals offline attention over the last `context` steps.
+
+Paused slots (`hold(active)`): a call may advance only some slots. Every slot's row is still written at
+the shared pointer (fixed shapes), so at `end` the columns written for a paused slot get key position -1
+and its position counter stays: its next step takes the positions it would have had, and sees the keys
+of its own past steps only. Its history still ages with the pointer: the columns written while it is
+paused held its oldest steps, now lost. A piece of T steps sees the slot's past steps written within the
+last context + PIECE - 1 - T ring steps before it. So after a pause of k steps it sees all of its window
+while k <= PIECE - T (k <= 7 for the one-step calls of generation); a longer pause hides the oldest
+k - (PIECE - T) past steps of the window of its first step (fewer for the next steps, as the window
+slides past the pause), and from k = context + PIECE - 1 - T on the slot sees none of its past. Pauses
+add up: the steps paused within the slot's window count together.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -38,11 +50,21 @@ class KVRing:
         self.key_positions = torch.full((batch_size, self.capacity), -1, device=device, dtype=torch.long)
         self.offset = torch.zeros(batch_size, device=device, dtype=torch.long)  # steps seen per slot
         self.pointer = 0  # next ring index, shared by all slots
+        self.active: torch.Tensor | None = None  # [B] bool while only these slots advance (`hold`)
 
     def reset(self, mask: torch.Tensor) -> None:
         """Restart the slots where `mask` [B] is true."""
         self.key_positions.masked_fill_(mask[:, None], -1)
         self.offset.masked_fill_(mask, 0)
+
+    def hold(self, active: torch.Tensor) -> Callable[[], None]:
+        """Until the returned function is called, `end` advances only the slots where `active` [B] (bool)
+        is true; the others keep their offset and lose the keys written for them (module docstring)."""
+        self.active = active
+
+        def release() -> None:
+            self.active = None
+        return release
 
     def begin(self, steps: int) -> Step:
         """Positions, ring index and mask of the next `steps` (<= PIECE) steps; their key positions
@@ -65,8 +87,20 @@ class KVRing:
         return keys, values
 
     def end(self, steps: int) -> None:
-        self.offset += steps
+        """Close the piece that `begin(steps)` opened: the slots advance by `steps`, except, while
+        `active` is set, the paused ones, whose columns of this piece are masked (position -1)."""
+        if self.active is not None:
+            self._forget_paused(steps, self.active)
+            self.offset += steps * self.active
+        else:
+            self.offset += steps
         self.pointer = (self.pointer + steps) % self.capacity
+
+    def _forget_paused(self, steps: int, active: torch.Tensor) -> None:
+        """Key position -1 in the columns of this piece for the slots where `active` [B] is false."""
+        index = (self.pointer + torch.arange(steps, device=self.offset.device)) % self.capacity  # [T]
+        written = self.key_positions.index_select(1, index)  # [B, T]
+        self.key_positions.index_copy_(1, index, written.masked_fill(~active[:, None], -1))
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

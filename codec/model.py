@@ -2,6 +2,10 @@
 
 Encode: SEANet encoder (25 Hz) -> encoder transformer -> stride-2 downsample (12.5 Hz) -> split RVQ.
 Decode: split RVQ -> depthwise stride-2 upsample (25 Hz) -> decoder transformer -> SEANet decoder.
+
+Streaming calls take `active` (bool [B], None = all): only those slots advance; the others' streaming
+state (conv buffers, transformer rings) comes out bit-identical, so a paused slot later goes on as if
+the call had not happened. Their output rows are zeros (latent, audio) or meaningless (codes).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from antiphon.codec.quantizer import SplitResidualVQ
 from antiphon.codec.seanet import SEANetDecoder, SEANetEncoder
 from antiphon.codec.transformer import CodecTransformer
 from antiphon.errors import InputError
-from antiphon.stateful import reset_streaming, start_streaming, stop_streaming
+from antiphon.stateful import advancing_only, reset_streaming, start_streaming, stop_streaming
 
 
 class Codec(nn.Module):
@@ -118,11 +122,11 @@ class Codec(nn.Module):
 
     # ------------------------------------------------------------------ encode / decode
     @torch.inference_mode()
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+    def encode(self, wav: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """wav float [B, 1, T] at `sample_rate` -> codes int64 [B, K, ceil(T / frame_size)].
 
         Offline, the end is zero-padded to whole frames; streaming, T must be a positive multiple of
-        frame_size."""
+        frame_size. `active` (streaming only): bool [B], the slots this call advances (module docstring)."""
         self._check_wav(wav)
         length = wav.shape[-1]
         if self.is_streaming:
@@ -132,12 +136,15 @@ class Codec(nn.Module):
             pad = -length % self.frame_size
             if pad:
                 wav = torch.nn.functional.pad(wav, (0, pad))
-        return self.encode_latent(self.encode_to_latent(wav))
+        return self.encode_latent(self.encode_to_latent(wav, active))
 
-    def encode_to_latent(self, wav: torch.Tensor) -> torch.Tensor:
-        """[B, 1, n * frame_size] -> the latent before quantization [B, D, n] (no checks)."""
-        weight = self.downsample.conv.weight
-        x = self.encoder(wav.to(weight.dtype))
+    def encode_to_latent(self, wav: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 1, n * frame_size] -> the latent before quantization [B, D, n] (no checks of `wav`).
+        `active` (streaming only): bool [B]; paused slots' rows are zeros, their state is kept."""
+        return self._advancing(self._encode_to_latent, wav, active)
+
+    def _encode_to_latent(self, wav: torch.Tensor) -> torch.Tensor:
+        x = self.encoder(wav.to(self.downsample.conv.weight.dtype))
         x = self.encoder_transformer(x)
         return self.downsample(x)
 
@@ -145,18 +152,42 @@ class Codec(nn.Module):
         return self.quantizer.encode(latent, self.num_codebooks)
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes int [B, K, F] (1 <= K <= n_q, 0 <= code < cardinality) -> wav float [B, 1, F * frame_size]."""
+    def decode(self, codes: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """codes int [B, K, F] (1 <= K <= n_q, 0 <= code < cardinality) -> wav float [B, 1, F * frame_size].
+        `active` (streaming only): bool [B], the slots this call advances (module docstring); the codes of
+        paused slots must still be in range."""
         self._check_codes(codes)
-        return self.decode_latent(self.quantizer.decode(codes.long()))
+        return self.decode_latent(self.quantizer.decode(codes.long()), active)
 
-    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        """latent [B, D, F] -> [B, 1, F * frame_size] (no checks)."""
+    def decode_latent(self, latent: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """latent [B, D, F] -> [B, 1, F * frame_size] (no checks of `latent`). `active` (streaming only):
+        bool [B]; paused slots' rows are zeros, their state is kept."""
+        return self._advancing(self._decode_latent, latent, active)
+
+    def _decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.upsample(latent)
         x = self.decoder_transformer(x)
         return self.decoder(x)
 
+    def _advancing(self, run, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+        """run(x), advancing only the active slots (all when None: then nothing else is done)."""
+        if active is None:
+            return run(x)
+        active = self._check_active(active)
+        with advancing_only(self, active):
+            out = run(x)
+        return out.masked_fill(~active.view(-1, *[1] * (out.dim() - 1)), 0.0)
+
     # ------------------------------------------------------------------ input checks
+    def _check_active(self, active: torch.Tensor) -> torch.Tensor:
+        """The active mask -> on the codec's device (shape and dtype only: no host read)."""
+        if not self.is_streaming:
+            raise InputError("active (paused slots) needs an active `with codec.streaming(batch_size):`")
+        if not isinstance(active, torch.Tensor) or active.dtype != torch.bool or active.shape != (self._batch_size,):
+            got = f"{active.dtype} {list(active.shape)}" if isinstance(active, torch.Tensor) else type(active).__name__
+            raise InputError(f"active must be a bool tensor [B = {self._batch_size}], got {got}")
+        return active.to(self.quantizer.rvq_first.codebooks.device)
+
     def _check_batch(self, batch: int) -> None:
         if self.is_streaming and batch != self._batch_size:
             raise InputError(f"streaming with batch_size {self._batch_size}, but got a batch of {batch}")
@@ -187,3 +218,4 @@ class Codec(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
             raise InputError(f"codes must be in [0, {self.cardinality}), got values in "
                              f"[{int(codes.min())}, {int(codes.max())}]")
+

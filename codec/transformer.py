@@ -95,6 +95,10 @@ class CodecTransformer(Stateful):
     def reset_state(self, state: KVRing, mask: torch.Tensor) -> None:
         state.reset(mask)
 
+    def hold(self, state: KVRing, active: torch.Tensor):
+        """Paused slots keep their offset; the ring columns written for them are masked (KVRing.hold)."""
+        return state.hold(active)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.transpose(1, 2)  # [B, T, D]
         if self.state is None:

@@ -29,6 +29,11 @@ decision, made on the host between steps; -1 keeps the sampled token); `step(pad
 the PAD logit after CFG, before sampling; `audio_delay` (steps) forces the model's audio stream k to the
 zero token (-1) while a slot's offset < delays[k] + audio_delay. `last_text` [B] holds the text tokens
 sampled by the last step, before any replacement (the state machine reads it between steps).
+
+Per slot, for an engine that steps B slots together: `step(active=[B])` advances only the active slots
+and leaves the others' state as it was (a paused client, a TTS slot waiting for words); `set_sampling`
+gives chosen slots their own temperatures and top-k; `set_condition_rows` gives chosen slots another
+condition (a TTS voice), before they are reset.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ from antiphon.errors import InputError
 from antiphon.lm.conditioners import Condition
 from antiphon.lm.layers import Embedding
 from antiphon.lm.sampling import cfg_mix, sample
-from antiphon.stateful import stateful_modules
+from antiphon.stateful import advancing_only, stateful_modules
 
 UNGENERATED = -2
+SAMPLING = ("temp", "temp_text", "top_k", "top_k_text")
 
 
 class LMGenerator:
@@ -56,7 +62,9 @@ class LMGenerator:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.lm, self.batch_size = lm, batch_size
+        # sampling: a number when all slots share it (the fast path), else a tensor [B] (set_sampling)
         self.temp, self.temp_text, self.top_k, self.top_k_text = temp, temp_text, top_k, top_k_text
+        self._slot_sampling = {name: [getattr(self, name)] * batch_size for name in SAMPLING}  # host, per slot
         self.cfg_coef, self.rng, self.check_inputs = float(cfg_coef), rng, check_inputs
         self.rows = 2 * batch_size if self.cfg else batch_size
         self.condition = self._check_condition(condition)
@@ -88,7 +96,7 @@ class LMGenerator:
     # ------------------------------------------------------------------ public
     @torch.no_grad()
     def step(self, codes: torch.Tensor, text: torch.Tensor | None = None,
-             pad_bonus: torch.Tensor | float | None = None) -> torch.Tensor | None:
+             pad_bonus: torch.Tensor | float | None = None, active: torch.Tensor | None = None) -> torch.Tensor | None:
         """codes int [B, n_q - dep_q, 1]: this frame of the input streams (audio codes in [0, card),
         card = the initial / end-of-input token, -1 = the zero token) -> None while no slot has output
         yet (the first max_delay + 1 steps), else tokens [B, 1 + dep_q, 1]: text, then the dep_q audio
@@ -98,18 +106,24 @@ class LMGenerator:
         text (optional) int [B] or [B, 2]: the text token each slot takes instead of the sampled one, -1
         keeping the sampled one; with two columns, column 1 applies where the sampled token is the new-word
         id (existing_text_end_padding_id) and column 0 elsewhere. pad_bonus (optional) float [B] or a
-        number: added to the PAD logit (existing_text_padding_id) before sampling."""
+        number: added to the PAD logit (existing_text_padding_id) before sampling.
+
+        active (optional) bool [B]: the slots this step advances (None: all). A paused slot's state (token
+        cache, offset, attention ring: see antiphon/kv_ring.py for how long its history stays in view) is
+        left as it was, its codes are ignored (but range-checked), its output row and `last_text` are -2 and its extra-head
+        row is meaningless; `None` still comes from the count of steps, paused or not."""
         self._check_codes(codes)
         forced = self._check_text(text)
-        column = self._input_column(codes.to(self.tokens.device))  # [B, K, 1]
+        active = self._check_active(active)
+        column = self._input_column(codes.to(self.tokens.device), active)  # [B, K, 1]
         rows = column.repeat(2, 1, 1) if self.cfg else column
-        with self._streaming():
+        with self._streaming(active):
             hidden = self.lm.forward_hidden(rows, self.condition, self.cross)  # [R, 1, D]
         logits = self._mix(self.lm.text_linear(hidden[:, 0]).float())
         if pad_bonus is not None:
             logits = self._add_pad_bonus(logits, pad_bonus)
         sampled = sample(logits, self.temp_text, self.top_k_text, self.rng)
-        self.last_text = sampled
+        self.last_text = sampled if active is None else sampled.masked_fill(~active, UNGENERATED)
         text = sampled if forced is None else self._replace_text(sampled, forced)
         audio = self._depformer(text, hidden)
         if self.audio_delay:  # the zero token until each stream's (delayed) start
@@ -118,15 +132,12 @@ class LMGenerator:
         if self.lm.extra_heads:
             heads = torch.stack(self.lm.forward_extra_heads(hidden[: self.batch_size, 0]), dim=1)
             self.last_extra_heads = torch.softmax(heads.float(), dim=-1)
-        return self._write_and_read(new)
+        return self._write_and_read(new, active)
 
     @torch.no_grad()
     def reset(self, mask: torch.Tensor) -> None:
         """mask bool [B]: restart those slots as fresh ones (the others stay bit-identical)."""
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (self.batch_size,):
-            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise InputError(f"reset mask must be a bool tensor [B = {self.batch_size}], got {got}")
-        mask = mask.to(self.tokens.device)
+        mask = self._check_mask(mask, "reset mask")
         rows = mask.repeat(2) if self.cfg else mask
         for module, state in self.states.items():
             module.reset_state(state, rows)
@@ -135,12 +146,65 @@ class LMGenerator:
         if bool(mask.all()):  # outside the step: one host read
             self.steps = 0
 
+    def set_sampling(self, mask: torch.Tensor, temp: float | None = None, temp_text: float | None = None,
+                     top_k: int | None = None, top_k_text: int | None = None) -> None:
+        """Set the sampling of the slots where mask [B] (bool) is true; None leaves a value as it is. The
+        values stay across `reset` (a session sets them when it joins). While all slots share a stream's
+        temperature and top-k, the step takes them as numbers (the fast path, as built); otherwise as
+        tensors [B], sampled row by row. One host read of the mask, none in the step."""
+        self._check_mask(mask, "set_sampling mask")
+        given = {"temp": temp, "temp_text": temp_text, "top_k": top_k, "top_k_text": top_k_text}
+        for name, value in given.items():
+            if value is not None:
+                _check_sampling_value(name, value)
+        chosen = mask.tolist()
+        for name, value in given.items():
+            if value is not None:
+                per_slot = self._slot_sampling[name]
+                per_slot[:] = [value if c else old for c, old in zip(chosen, per_slot)]
+        for pair in (("temp", "top_k"), ("temp_text", "top_k_text")):
+            self._set_sampling_pair(*pair)
+
+    def _set_sampling_pair(self, temp: str, top_k: str) -> None:
+        """The temperature and top-k of one stream, from their per-slot values: numbers if all slots share
+        both, else both tensors [B] (so that a step builds no tensor from a number)."""
+        temps, top_ks = self._slot_sampling[temp], self._slot_sampling[top_k]
+        if len(set(temps)) == 1 and len(set(top_ks)) == 1:
+            setattr(self, temp, temps[0])
+            setattr(self, top_k, top_ks[0])
+        else:
+            setattr(self, temp, torch.tensor(temps, device=self.tokens.device, dtype=torch.float32))
+            setattr(self, top_k, torch.tensor(top_ks, device=self.tokens.device, dtype=torch.long))
+
+    @torch.no_grad()
+    def set_condition_rows(self, mask: torch.Tensor, condition: Condition | torch.Tensor) -> None:
+        """Give the slots where mask [B] (bool) is true their rows of `condition` (as the constructor takes
+        it: B rows, or with CFG 2B = Condition.cat(conditioned, null), whose null rows follow their slot;
+        the same cross-attention length S as now) and rebuild their cross-attention keys and values. The
+        other slots stay bit-identical. Reset these slots before they go on: their state was made under
+        the old condition."""
+        mask = self._check_mask(mask, "set_condition_rows mask")
+        if self.condition is None:
+            raise InputError("this generator was built without a condition: there are no rows to change")
+        new = self._check_condition(condition)
+        rows = mask.repeat(2) if self.cfg else mask  # [R]
+        self.condition = Condition(_take_rows(rows, new.sum, self.condition.sum, "sum"),
+                                   _take_rows(rows, new.cross, self.condition.cross, "cross"))
+        if self.cross is not None:
+            fresh = self.lm.transformer.cross_keys_values(new.cross.to(self.lm.dtype))
+            self.cross = [tuple(_take_rows(rows, n, o, "cross") for n, o in zip(new_kv, old_kv))
+                          for new_kv, old_kv in zip(fresh, self.cross)]
+
     # ------------------------------------------------------------------ the step's parts
-    def _input_column(self, codes: torch.Tensor) -> torch.Tensor:
-        """Write this frame's input codes into the cache, read the model's input column [B, K, 1]."""
+    def _input_column(self, codes: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+        """Write this frame's input codes into the cache (active slots only), read the model's input
+        column [B, K, 1]."""
         size = self.tokens.shape[2]
         at = (self.offsets[:, None] + self.delays[None, 1 + self.dep_q:]) % size  # [B, n_in]
-        self.tokens[:, 1 + self.dep_q:].scatter_(2, at[..., None], codes)
+        inputs = self.tokens[:, 1 + self.dep_q:]  # [B, n_in, C]
+        if active is not None:  # paused slots write back what is there
+            codes = torch.where(active[:, None, None], codes, inputs.gather(2, at[..., None]))
+        inputs.scatter_(2, at[..., None], codes)
         now = (self.offsets % size)[:, None, None].expand(-1, self.tokens.shape[1], 1)
         is_initial = self.offsets[:, None, None] <= self.delays[None, :, None]
         return torch.where(is_initial, self.initial, self.tokens.gather(2, now))
@@ -176,30 +240,43 @@ class LMGenerator:
             out.append(prev)
         return out
 
-    def _write_and_read(self, new: torch.Tensor) -> torch.Tensor | None:
-        """new [B, 1 + dep_q] (this step's tokens) -> the frame to emit [B, 1 + dep_q, 1] or None."""
+    def _write_and_read(self, new: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor | None:
+        """new [B, 1 + dep_q] (this step's tokens) -> the frame to emit [B, 1 + dep_q, 1] or None. Paused
+        slots (active false) keep their offset and cache and emit -2 rows."""
         size = self.tokens.shape[2]
-        self.offsets += 1
+        self.offsets += 1 if active is None else active
         self.steps += 1
         at = (self.offsets % size)[:, None, None].expand(-1, 1 + self.dep_q, 1)
-        self.tokens[:, : 1 + self.dep_q].scatter_(2, at, new[..., None])
+        outputs = self.tokens[:, : 1 + self.dep_q]  # [B, 1 + dep_q, C]
+        new = new[..., None]
+        if active is not None:  # paused slots write back what is there
+            new = torch.where(active[:, None, None], new, outputs.gather(2, at))
+        outputs.scatter_(2, at, new)
         if self.steps <= self.max_delay:
             return None
         back = (self.offsets[:, None] - self.max_delay + self.delays[None, : 1 + self.dep_q]) % size
-        out = self.tokens[:, : 1 + self.dep_q].gather(2, back[..., None])
-        return out.masked_fill_((self.offsets <= self.max_delay)[:, None, None], UNGENERATED)
+        out = outputs.gather(2, back[..., None])
+        unready = self.offsets <= self.max_delay
+        if active is not None:
+            unready = unready | ~active
+        return out.masked_fill_(unready[:, None, None], UNGENERATED)
 
     def _mix(self, logits: torch.Tensor) -> torch.Tensor:
         return cfg_mix(logits, self.cfg_coef) if self.cfg else logits
 
     @contextlib.contextmanager
-    def _streaming(self):
+    def _streaming(self, active: torch.Tensor | None = None):
         """Install this generator's state in the model's stateful modules for one step only, so that the
-        model's offline forward and other generators of the same model are unaffected."""
+        model's offline forward and other generators of the same model are unaffected. With `active` [B],
+        only those slots (and their CFG rows) advance."""
         for module, state in self.states.items():
             module.state = state
         try:
-            yield
+            if active is None:
+                yield
+            else:
+                with advancing_only(self.states, active.repeat(2) if self.cfg else active):
+                    yield
         finally:
             for module in self.states:
                 module.state = None
@@ -221,6 +298,16 @@ class LMGenerator:
             raise InputError(f"cfg_coef={self.cfg_coef} needs a condition of 2B = {self.rows} rows: "
                              f"Condition.cat(conditioned, null); got {condition.batch_size} rows")
         return lm._check_condition(condition, (self.rows, 1))
+
+    def _check_active(self, active) -> torch.Tensor | None:
+        return None if active is None else self._check_mask(active, "step active")
+
+    def _check_mask(self, mask, what: str) -> torch.Tensor:
+        """A per-slot mask -> bool [B] on the device (shape and dtype only: no host read)."""
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (self.batch_size,):
+            got = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise InputError(f"{what} must be a bool tensor [B = {self.batch_size}], got {got}")
+        return mask.to(self.tokens.device)
 
     def _check_text(self, text) -> torch.Tensor | None:
         """The forced text tokens -> [B, 2] on the device (shape and dtype only: no host read)."""
@@ -250,3 +337,22 @@ class LMGenerator:
             if low < -1 or high > card:
                 raise InputError(f"step codes must be in [-1, {card}] (-1: zero token, {card}: initial / end of "
                                  f"input), got values in [{low}, {high}]")
+
+
+def _check_sampling_value(name: str, value) -> None:
+    if name.startswith("top_k"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InputError(f"{name} must be an int >= 0 (0: no limit), got {value!r}")
+    elif not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InputError(f"{name} must be a number (<= 0: greedy), got {value!r}")
+
+
+def _take_rows(rows: torch.Tensor, new: torch.Tensor | None, old: torch.Tensor | None, part: str) -> torch.Tensor | None:
+    """rows bool [R] -> a tensor [R, ...] with the rows of `new` where rows is true, of `old` elsewhere."""
+    if (new is None) != (old is None) or (new is not None and new.shape != old.shape):
+        shapes = [None if t is None else list(t.shape) for t in (old, new)]
+        raise InputError(f"the new condition's {part} part must have the shape of the current one: {shapes[0]}, "
+                         f"got {shapes[1]}")
+    if new is None:
+        return None
+    return torch.where(rows.view(-1, *[1] * (new.dim() - 1)), new.to(old.dtype), old)

@@ -60,8 +60,9 @@ class Dialogue:
         self.lm = lm
         self.generator = _generator(lm, batch_size, {}, sampling)
 
-    def step(self, user_codes: torch.Tensor) -> DialogueFrame | None:
-        out = self.generator.step(user_codes)
+    def step(self, user_codes: torch.Tensor, active: torch.Tensor | None = None) -> DialogueFrame | None:
+        """active (optional) bool [B]: the slots this step advances; paused ones are not ready."""
+        out = self.generator.step(user_codes, active=active)
         if out is None:
             return None
         text = out[:, 0, 0]
@@ -94,9 +95,11 @@ class Transcriber:
         self.generator = _generator(lm, batch_size, {"temp_text": 0.0}, sampling)
         self.text_delay = float(cfg.stt_config.get("audio_delay_seconds", 0.0))  # seconds
 
-    def step(self, audio_codes: torch.Tensor) -> TranscriptFrame | None:
+    def step(self, audio_codes: torch.Tensor, active: torch.Tensor | None = None) -> TranscriptFrame | None:
+        """active (optional) bool [B]: the slots this step advances; paused ones get text -2 (and a
+        meaningless time and pause)."""
         gen = self.generator
-        out = gen.step(audio_codes)
+        out = gen.step(audio_codes, active=active)
         if out is None:
             return None
         text = out[:, 0, 0]
@@ -149,10 +152,12 @@ class Translator:
         gen = self.generator
         return torch.full((gen.batch_size, gen.n_in, 1), self.lm.config.card, dtype=torch.long, device=self.lm.device)
 
-    def step(self, source_codes: torch.Tensor) -> TranslationFrame | None:
-        out = self.generator.step(source_codes)
+    def step(self, source_codes: torch.Tensor, active: torch.Tensor | None = None) -> TranslationFrame | None:
+        """active (optional) bool [B]: the slots this step advances; paused ones are not ready and their
+        codes do not end their source."""
+        out = self.generator.step(source_codes, active=active)
         ended = (source_codes.to(self.source_ended.device) == self.lm.config.card).flatten(1).all(dim=1)
-        self.source_ended |= ended
+        self.source_ended |= ended if active is None else ended & active.to(ended.device)
         if out is None:
             return None
         text = out[:, 0, 0]
@@ -210,6 +215,7 @@ class Speaker:
                                     pad=cfg_.existing_text_padding_id)
         self.padding_between, self.final_padding = padding_between, final_padding
         self.padding_bonus = torch.as_tensor(padding_bonus, dtype=torch.float32).to(lm.device).expand(batch_size)
+        self.guidance = cfg
         condition, self.multi_speaker = self._condition(voice, cfg)
         self.generator = _generator(lm, batch_size, {"temp": 0.6, "temp_text": 0.6}, sampling, condition=condition,
                                     audio_delay=self.delay_steps)
@@ -239,12 +245,21 @@ class Speaker:
         return [m.waiting for m in self.machines]
 
     # ------------------------------------------------------------------ one frame
-    def step(self) -> SpeechFrame:
+    def step(self, active: torch.Tensor | None = None) -> SpeechFrame:
+        """One frame for all slots. active (optional) bool [B]: the slots this step advances; a paused slot
+        (e.g. waiting for words, instead of being fed PAD) keeps its padding machine, its step count and
+        its generation state, and its frame is not ready, not last and has no words."""
         choices = torch.tensor([m.choices(s) for m, s in zip(self.machines, self.steps)], dtype=torch.long)
-        out = self.generator.step(self.codes, text=choices.to(self.lm.device), pad_bonus=self.padding_bonus)
-        sampled = self.generator.last_text.tolist()  # the one host read, between steps
+        out = self.generator.step(self.codes, text=choices.to(self.lm.device), pad_bonus=self.padding_bonus,
+                                  active=active)
+        sampled = self.generator.last_text.tolist()  # the host reads, between steps
+        moving = [True] * self.batch_size if active is None else active.tolist()
         words, ready, last = [], [], []
         for b, machine in enumerate(self.machines):
+            if not moving[b]:
+                ready.append(False)
+                last.append(False)
+                continue
             said = len(machine.said)
             machine.advance(self.steps[b], sampled[b])
             words += [self._timed(b, w) for w in machine.said[said:]]
@@ -257,6 +272,16 @@ class Speaker:
         audio = out[:, 1:] if out is not None else torch.full((self.batch_size, dep_q, 1), -2, device=self.lm.device)
         as_mask = functools.partial(torch.tensor, dtype=torch.bool, device=self.lm.device)
         return SpeechFrame(audio=audio, ready=as_mask(ready), last=as_mask(last), words=tuple(words))
+
+    def set_voice(self, slot: int, voice) -> None:
+        """Give `slot` another voice (as the constructor takes one: a kyutai/tts-voices speaker-embedding
+        file or a tensor [1, C, T], with the T of the others): its condition and cross-attention keys and
+        values are rebuilt, the other slots are untouched. Reset the slot before it speaks again."""
+        slot = self._check_slot(slot)
+        condition, _ = self._condition(voice, self.guidance)
+        mask = torch.zeros(self.batch_size, dtype=torch.bool, device=self.lm.device)
+        mask[slot] = True
+        self.generator.set_condition_rows(mask, condition)
 
     def reset(self, mask: torch.Tensor) -> None:
         self.generator.reset(mask)

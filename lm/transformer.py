@@ -141,6 +141,10 @@ class TemporalTransformer(Stateful):
     def reset_state(self, state: KVRing, mask: torch.Tensor) -> None:
         state.reset(mask)
 
+    def hold(self, state: KVRing, active: torch.Tensor):
+        """Paused slots keep their offset; the ring columns written for them are masked (KVRing.hold)."""
+        return state.hold(active)
+
     @property
     def has_cross_attention(self) -> bool:
         return hasattr(self.layers[0], "cross_attention") if len(self.layers) else False

@@ -84,7 +84,7 @@ def test_translator_conditions_guides_and_ends():
 
     # is_end: the text EOS counts only once the slot's source has ended
     eos = torch.tensor([[[2], [0], [0]], [[2], [0], [0]]])
-    translator.generator.step = lambda codes: eos
+    translator.generator.step = lambda codes, active=None: eos
     frame = translator.step(source[0])
     assert frame.is_end.tolist() == [True, False] and not frame.is_word.any()
     translator.reset(torch.tensor([True, False]))
