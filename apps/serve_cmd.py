@@ -1,8 +1,10 @@
-"""`antiphon serve`: the engine and the WebSocket server (/api/chat, /api/health, /metrics).
+"""`antiphon serve`: the engine and the WebSocket server for the model's task (streaming.server).
 
 The model (LM.from_pretrained) brings its codec (`lm.codec`) and, when its repository has one, its text
-tokenizer; without one, text goes out as token ids (" 17"). The engine warms up on silence, then ticks
-every 80 ms on its own thread; the server runs on the asyncio loop until Ctrl-C.
+tokenizer; without one, text goes out as token ids (" 17"). Its config's model_type picks the task and the
+routes: dialogue (/api/chat), translation (/api/chat, /api/translate), stt (/api/asr-streaming), tts
+(/api/tts_streaming). The engine warms up, then ticks every 80 ms on its own thread; the server runs on the
+asyncio loop until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ DEFAULT_MODEL = "kyutai/moshiko-pytorch-bf16"
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "serve", parents=common, formatter_class=Formatter, help="serve a dialogue model over WebSocket",
-        description="Serve a model over WebSocket: /api/chat (the Moshi protocol), /api/health and /metrics. "
-                    "One engine steps every session together, one 80 ms tick at a time.",
+        "serve", parents=common, formatter_class=Formatter, help="serve a model over WebSocket",
+        description="Serve a model over WebSocket, with the routes of its task (from its config): dialogue "
+                    "(Moshi) on /api/chat; translation (Hibiki) on /api/chat and /api/translate (Control endTurn "
+                    "ends the source); speech to text (Kyutai STT) on /api/asr-streaming (also POST an audio file); "
+                    "text to speech (Kyutai TTS) on /api/tts_streaming (also POST {\"text\", \"voice\"}). "
+                    "Always: /api/health, /api/modules_info, /metrics. One engine steps every session together, "
+                    "one 80 ms tick at a time.",
         epilog="examples:\n"
                "  antiphon serve                                     # Moshi on 127.0.0.1:8998, 4 slots\n"
                "  antiphon serve --model path/to/model --slots 8\n"
@@ -42,6 +48,10 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--api-key", action="append", default=[], metavar="KEY", help="an accepted API key (repeatable)")
     p.add_argument("--tick-ms", type=float, default=80.0, help="milliseconds between engine ticks (default: 80)")
     p.add_argument("--seed", type=int, default=42424242, help="sampling seed (default: 42424242, as moshi's server)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="close a session whose client sends nothing for S seconds while its input is open (default: 30)")
+    p.add_argument("--voice", metavar="FILE", help="TTS: the default voice (a speaker-embedding .safetensors file)")
+    p.add_argument("--voices", metavar="DIR", help="TTS: a directory of voice files that clients name with ?voice=")
     p.set_defaults(run=run_serve)
 
 
@@ -66,8 +76,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if required and not args.api_key:
         logger.warning("listening beyond loopback without --api-key: clients must send the key %r", keys[0])
     rng = torch.Generator(device=lm.device).manual_seed(args.seed)
+    options = {}
+    if args.voice is not None:
+        options["voice"] = args.voice
+    if args.idle_timeout <= 0:
+        raise InputError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     server = build_server(lm, lm.codec, args.slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
-                          interval=args.tick_ms / 1000, rng=rng)
+                          interval=args.tick_ms / 1000, rng=rng, voices=args.voices, idle_timeout=args.idle_timeout,
+                          **options)
     server.engine.warmup()
     try:
         asyncio.run(_serve_forever(server, args.host, args.port))
@@ -77,24 +93,31 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def build_server(lm, codec, slots: int, tokenizer=None, api_keys=None, auth_required: bool = False,
-                 interval: float = 0.08, max_message_bytes: int | None = None, **sampling):
-    """A ChatServer over a new Engine(lm, codec, slots) (not started: call server.engine.start())."""
+                 interval: float = 0.08, max_message_bytes: int | None = None, voices=None, idle_timeout: float = 30.0,
+                 **options):
+    """A Server over a new Engine(lm, codec, slots) (not started: call server.engine.start()). `options` go to
+    the engine's task (sampling; TTS voice, cfg; translation quality, cfg_coef)."""
     from antiphon.streaming.auth import DEFAULT_KEYS
     from antiphon.streaming.engine import Engine
     from antiphon.streaming.errors import MAX_MESSAGE_BYTES
-    from antiphon.streaming.server import ChatServer
+    from antiphon.streaming.server import Server
     from antiphon.streaming.session import id_pieces, tokenizer_pieces
+    from antiphon.streaming.tasks import task_of
 
-    engine = Engine(lm, codec, slots, interval=interval, **sampling)
+    if task_of(lm) == "tts":
+        options.setdefault("tokenizer", tokenizer)
+    engine = Engine(lm, codec, slots, interval=interval, **options)
     piece = tokenizer_pieces(tokenizer) if tokenizer is not None else id_pieces
-    return ChatServer(engine, piece=piece, api_keys=api_keys or DEFAULT_KEYS, auth_required=auth_required,
-                      max_message_bytes=max_message_bytes or MAX_MESSAGE_BYTES)
+    text = (lambda ids: tokenizer.decode(list(ids)).strip()) if tokenizer is not None else None
+    return Server(engine, piece=piece, text=text, api_keys=api_keys or DEFAULT_KEYS, auth_required=auth_required,
+                  max_message_bytes=max_message_bytes or MAX_MESSAGE_BYTES, voices=voices, idle_timeout=idle_timeout)
 
 
 async def _serve_forever(server, host: str, port: int) -> None:
     server.engine.start()
     async with server.serve(host, port) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]  # the one the system chose for --port 0
-        print(f"antiphon: serving ws://{host}:{port}/api/chat ({server.engine.slots} slots); Ctrl-C stops",
+        routes = ", ".join(f"ws://{host}:{port}{route}" for route in server.routes)
+        print(f"antiphon: serving {server.engine.kind} on {routes} ({server.engine.slots} slots); Ctrl-C stops",
               flush=True)
         await asyncio.Future()

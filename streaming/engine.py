@@ -1,29 +1,17 @@
-"""The engine: B slots, one batched tick per 80 ms (design, example 1).
+"""The engine: B slots, one batched tick per 80 ms (design, example 1), for any of the four tasks.
 
-    tick: plan = scheduler.plan(inbox) -> reset joined/left slots -> codec.encode -> lm step -> codec.decode
-          -> publish
+    tick: plan = scheduler.plan(inbox) -> reset joined/left slots -> tell joined sessions -> task.step(plan)
+          -> send each (slot, event) to the slot's session
 
-Every tick advances every live slot together with fixed shapes [B, ...]; slots without a session still
-compute (their state is reset when a session joins) so shapes never change. The tick runs on its own
-thread (`start()`), or by hand (`tick()`, for tests). The network talks to it only through `admit` /
-`submit` / `leave` and the per-session sink it gives at admission (a thread-safe, non-blocking callable
-that receives `SlotReady`, `OutputFrame`, `EngineFailed`).
+Every tick advances the live slots together with fixed shapes [B, ...]; the task (streaming.tasks) does
+the batched model work: codec encode, LM step, codec decode, and decides which slots move (the rest stay
+bit-identical). The tick runs on its own thread (`start()`), or by hand (`tick()`, for tests). The network
+talks to it only through `admit` / `submit` / `leave` and the per-session sink it gives at admission (a
+thread-safe, non-blocking callable that receives `SlotReady`, the task's events and `EngineFailed`).
 
-First frame (reference §3.1, §3.5): a fresh slot's first LM step never sees its input (initial tokens are
-read instead), so that frame is thrown away and the codec state of the slot is reset after it, giving the
-next frame the codec's first-frame padding. The handshake goes out only after the tick that reset the
-slot, and clients send audio only after the handshake, so the throw-away frame is the silence the slot
-gets in that tick: no client audio is lost.
-
-Output: the generator emits nothing for a slot during its first max_delay + 1 steps (-2 rows); those
-rows are decoded as code 0 (fixed shapes, no host read) and not published. For Moshi (max_delay 1) the
-only such step is the first, whose codec state is reset anyway; for a model with max_delay > 1, the
-slot's decoder has seen max_delay - 1 such frames before its first real one.
-
-Host reads: one per tick, at publish (the text ids, a ready mask and the PCM of the batch); `.any()` of
-the plan masks are numpy, not device reads. Sampling is the engine's (one generator for all slots).
+The handshake (`SlotReady`) goes out after the tick that reset the slot and took its first frame (the
+engine's own silence, see streaming.tasks), and clients send only after it: no client input is lost.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -32,54 +20,50 @@ import queue
 import threading
 import time
 
-import numpy as np
 import torch
-from antiphon.lm.generate import UNGENERATED
 
 from antiphon.errors import InputError
 
 from .errors import EngineError
-from .frames import FRAME_SAMPLES, EngineFailed, Join, Leave, OutputFrame, SlotReady
+from .frames import FRAME_SAMPLES, FRAME_SECONDS, SAMPLE_RATE, EngineFailed, Join, Leave, SlotReady
 from .metrics import TickStats
 from .scheduler import DEFAULT_MAX_BACKLOG, Scheduler, TickPlan
+from .tasks import make_task
 
 logger = logging.getLogger(__name__)
 
-FRAME_SECONDS = 0.08
-
 
 class Engine:
-    """`Engine(lm, codec, slots)`: dialogue (Moshi-style) generation for `slots` sessions at once.
+    """`Engine(lm, codec, slots)`: `slots` sessions of the model's task (dialogue, translation, stt, tts,
+    from its config; or `task=`) at once.
 
-    `sampling`: temp, temp_text, top_k, top_k_text, rng (see lm.tasks); defaults from the model's
-    lm_gen_config. `interval`: seconds between ticks on the tick thread."""
+    `options`: the task's (sampling: temp, temp_text, top_k, top_k_text, rng; TTS: voice, cfg; translation:
+    quality, cfg_coef); defaults from the model's lm_gen_config. `interval`: seconds between ticks on the
+    tick thread."""
 
     def __init__(self, lm, codec, slots: int, interval: float = FRAME_SECONDS,
-                 max_backlog: int = DEFAULT_MAX_BACKLOG, **sampling):
-        from antiphon.lm.tasks import Dialogue
-
-        cfg = lm.config
-        self.n_in = cfg.n_q - cfg.dep_q
-        if codec.frame_size != FRAME_SAMPLES or codec.sample_rate != 24000:
+                 max_backlog: int = DEFAULT_MAX_BACKLOG, task: str | None = None, **options):
+        if codec.frame_size != FRAME_SAMPLES or codec.sample_rate != SAMPLE_RATE:
             raise InputError(f"the engine needs a 24 kHz codec with {FRAME_SAMPLES}-sample frames, got "
                              f"{codec.sample_rate} Hz / {codec.frame_size}")
-        if codec.num_codebooks < self.n_in or codec.cardinality < cfg.card:
-            raise InputError(f"the codec gives {codec.num_codebooks} codebooks of {codec.cardinality} codes; the LM "
-                             f"reads {self.n_in} streams of {cfg.card} codes: set codec.num_codebooks or pair them right")
         self.lm, self.codec, self.interval = lm, codec, interval
         self.device = lm.device
-        self.scheduler = Scheduler(slots, max_backlog)
-        self.dialogue = Dialogue(lm, slots, check_inputs=False, **sampling)
+        self.task = make_task(lm, codec, slots, task, **options)
+        self.scheduler = Scheduler(slots, max_backlog, idle=self.task.idle)
         self.stats = TickStats(interval)
         self.frames_in = self.frames_out = self.silence_frames = 0
         self.failed: str | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[int, object] = {}
-        self._steps = np.zeros(slots, dtype=np.int64)  # frames published per slot since its session joined
         self._streaming = contextlib.ExitStack()
         self._streaming.enter_context(codec.streaming(slots))
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    @property
+    def kind(self) -> str:
+        """The task served: "dialogue", "translation", "stt" or "tts"."""
+        return self.task.kind
 
     @property
     def slots(self) -> int:
@@ -124,16 +108,18 @@ class Engine:
 
     def _step(self) -> bool:
         plan = self.scheduler.plan(self._drain())
+        self.frames_in += plan.frames_in
+        self.silence_frames += plan.silent
         with torch.inference_mode():
-            self._reset(plan)
+            if plan.reset.any():
+                self.task.reset(plan.reset)
             self._tell_ready(plan)
             if not plan.live.any():
                 return False
-            codes = self._encode(plan)
-            tokens = self.dialogue.generator.step(codes)
-            pcm = self._decode(tokens)
-            self._after_first(plan)
-            self._publish(plan, tokens, pcm)
+            events = self.task.step(plan)
+        for slot, event in events:
+            self.frames_out += 1
+            self._send(plan.owners[slot], event)
         return True
 
     def _drain(self) -> list:
@@ -142,47 +128,6 @@ class Engine:
             while True:
                 messages.append(self._inbox.get_nowait())
         return messages
-
-    def _reset(self, plan: TickPlan) -> None:
-        if plan.reset.any():
-            mask = torch.from_numpy(plan.reset).to(self.device)
-            self.codec.reset_streaming(mask)
-            self.dialogue.reset(mask)
-            self._steps[plan.reset] = 0
-
-    def _encode(self, plan: TickPlan) -> torch.Tensor:
-        """[B, 1920] PCM -> [B, n_q - dep_q, 1] codes (the unchecked codec path: no host read)."""
-        self.frames_in += plan.frames_in
-        self.silence_frames += plan.silent
-        wav = torch.from_numpy(plan.pcm).to(self.device)[:, None, :]
-        return self.codec.encode_latent(self.codec.encode_to_latent(wav))[:, : self.n_in]
-
-    def _decode(self, tokens: torch.Tensor | None) -> torch.Tensor | None:
-        """tokens [B, 1 + dep_q, 1] -> PCM [B, 1920] (rows not ready yet decode code 0 and are not published)."""
-        if tokens is None:
-            return None
-        audio = tokens[:, 1:]
-        audio = torch.where(audio == UNGENERATED, 0, audio)
-        return self.codec.decode_latent(self.codec.quantizer.decode(audio))[:, 0]
-
-    def _after_first(self, plan: TickPlan) -> None:
-        if plan.first.any():  # the throw-away first frame: restart the slot's codec (reference §3.1)
-            self.codec.reset_streaming(torch.from_numpy(plan.first).to(self.device))
-
-    def _publish(self, plan: TickPlan, tokens: torch.Tensor | None, pcm: torch.Tensor | None) -> None:
-        if tokens is None:
-            return
-        cfg = self.lm.config
-        text = tokens[:, 0, 0].cpu().numpy()  # the tick's one host read (with the PCM below)
-        pcm = pcm.float().cpu().numpy()
-        silent = (text < 0) | (text == cfg.existing_text_padding_id) | (text == cfg.existing_text_end_padding_id)
-        for slot in np.flatnonzero(plan.live & (text != UNGENERATED)):
-            session = plan.owners[slot]
-            event = OutputFrame(pcm=pcm[slot].copy(), text=None if silent[slot] else int(text[slot]),
-                                step=int(self._steps[slot]))
-            self._steps[slot] += 1
-            self.frames_out += 1
-            self._send(session, event)
 
     def _tell_ready(self, plan: TickPlan) -> None:
         for session, slot in plan.joined:
@@ -200,15 +145,9 @@ class Engine:
 
     # ------------------------------------------------------------------ warm-up and the tick thread
     def warmup(self, ticks: int = 4) -> None:
-        """Run `ticks` steps on silence for every slot (reference §3.3), then reset all slots."""
+        """Run `ticks` steps on silence (or nothing, for TTS) for every slot (reference §3.3), then reset all slots."""
         with torch.inference_mode():
-            silence = torch.zeros(self.slots, 1, FRAME_SAMPLES, device=self.device)
-            for _ in range(ticks):
-                codes = self.codec.encode_latent(self.codec.encode_to_latent(silence))[:, : self.n_in]
-                self._decode(self.dialogue.generator.step(codes))
-            everything = torch.ones(self.slots, dtype=torch.bool, device=self.device)
-            self.codec.reset_streaming(everything)
-            self.dialogue.reset(everything)
+            self.task.warmup(ticks)
 
     def start(self) -> None:
         """Run the tick every `interval` seconds on a thread of its own."""

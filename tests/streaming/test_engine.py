@@ -180,7 +180,7 @@ def test_engine_failure_is_fatal_and_told(make_engine, monkeypatch):
     engine = make_engine(slots=1)
     got = []
     engine.admit(1, got.append)
-    monkeypatch.setattr(engine.dialogue.generator, "step", lambda codes: 1 / 0)
+    monkeypatch.setattr(engine.task.runner.generator, "step", lambda codes, **_: 1 / 0)
     with pytest.raises(EngineError):
         engine.tick()
     assert isinstance(got[-1], EngineFailed) and "ZeroDivisionError" in got[-1].message

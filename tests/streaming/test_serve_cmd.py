@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import re
 import sys
 import urllib.request
 
@@ -24,8 +25,8 @@ def test_serve_a_model_directory(tmp_path):
                             text=True, env=env)
     try:
         line = proc.stdout.readline()
-        assert line.startswith("antiphon: serving ws://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
-        url = line.split()[2]
+        assert line.startswith("antiphon: serving dialogue on ws://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        url = re.search(r"ws://\S+/api/chat", line).group(0)
         port = int(url.split(":")[2].split("/")[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as response:
             assert json.load(response)["free_slots"] == 2

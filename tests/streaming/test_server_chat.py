@@ -200,7 +200,9 @@ def test_health_and_metrics(pair):
             port = int(url.rsplit(":", 1)[1])
             status, body = await get(port, "/api/health")
             assert status == 200
-            assert json.loads(body) == {"status": "ok", "slots": 3, "free_slots": 2, "live_sessions": 1}
+            assert json.loads(body) == {"status": "ok", "task": "dialogue", "slots": 3, "free_slots": 2, "live_sessions": 1}
+            status, body = await get(port, "/api/modules_info")
+            assert status == 200 and json.loads(body)["routes"] == ["/api/chat"]
             status, body = await get(port, "/metrics")
             assert status == 200
             for name in ("antiphon_live_sessions 1", "antiphon_free_slots 2", 'antiphon_tick_seconds{quantile="0.99"}',
