@@ -1,6 +1,7 @@
-"""`antiphon transcribe`: speech to text with a Kyutai-STT-style model, locally.
+"""`antiphon transcribe`: speech to text with a Kyutai-STT-style model, locally or through a server.
 
-The file is read at the codec's rate (mono), put between `audio_silence_prefix_seconds` of silence and
+With --url, the audio goes to a server's /api/asr-streaming (`kyutai_client.transcribe_pcm`), which sends
+the words with their times back. Locally (--model), the file is read at the codec's rate (mono), put between `audio_silence_prefix_seconds` of silence and
 enough trailing silence to flush the text delay (`audio_delay_seconds` plus the model's max delay),
 encoded by the streaming codec, and fed to a `Transcriber` one 80 ms frame at a time. Pieces starting
 with "▁" start a word; a word's start is the time of its first piece, its stop the end of the frame of
@@ -30,32 +31,38 @@ FLUSH_FRAMES = 2  # extra silent frames after the text delay, so the last word's
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "transcribe", parents=common, formatter_class=Formatter, help="speech to text (local model)",
+        "transcribe", parents=common, formatter_class=Formatter, help="speech to text (local model or server)",
         description="Transcribe an audio file (wav, flac, ogg, mp3; resampled to 24 kHz, downmixed to mono) with "
                     "a speech-to-text model (Kyutai STT: audio codes in, text tokens out, no depformer) and its "
-                    "codec and tokenizer, on this machine. Prints the words joined by spaces, or with --json "
-                    "the words with their start and stop times in seconds.\n\n"
-                    "A --url mode (a client of a server's /api/asr-streaming) is not there yet: the server "
-                    "has no such endpoint so far.",
+                    "codec and tokenizer: on this machine (--model), or through a server's /api/asr-streaming "
+                    "(--url; antiphon's, or Kyutai's moshi-server). Prints the words joined by spaces, or with "
+                    "--json the words with their start and stop times in seconds.",
         epilog="examples:\n"
                "  antiphon transcribe speech.wav\n"
                "  antiphon transcribe speech.mp3 --json > words.json\n"
-               "  cat speech.flac | antiphon transcribe - --model path/to/stt-model\n\n"
-               f"SOURCE is a Hugging Face repo id or a local directory (default {DEFAULT_MODEL}).")
+               "  cat speech.flac | antiphon transcribe - --model path/to/stt-model\n"
+               "  antiphon transcribe speech.wav --url ws://127.0.0.1:8998 --api-key public_token\n\n"
+               f"SOURCE is a Hugging Face repo id or a local directory (default {DEFAULT_MODEL}). URL is "
+               "ws://host:port (the path /api/asr-streaming is added) or a full ws:// or wss:// URL.")
     p.add_argument("input", metavar="FILE", help="audio file, or - to read it from standard input")
-    p.add_argument("--model", metavar="SOURCE", default=DEFAULT_MODEL,
+    p.add_argument("--model", metavar="SOURCE",
                    help=f"STT model: Hugging Face repo id or local directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--url", metavar="URL", help="transcribe through this server instead of a local model")
+    p.add_argument("--api-key", metavar="KEY", help="the server's API key (sent as the kyutai-api-key header)")
     p.add_argument("--json", action="store_true", help='print {"text", "duration", "words": [{"text", "start", "stop"}]}')
-    p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default="auto", help="torch device of a local model (default: cuda if available, else cpu)")
     p.set_defaults(run=run_transcribe)
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
     from antiphon.apps.audio_io import read_audio
 
+    check_local_or_url(args)
     pcm = read_audio(args.input, SAMPLE_RATE, mono=True)[0]  # before loading the model: a bad file fails fast
-    lm = load_lm(args.model, args.device)
-    words = transcribe(lm, pcm)
+    if args.url is not None:
+        words = transcribe_with_server(args.url, pcm, api_key=args.api_key)
+    else:
+        words = transcribe(load_lm(args.model or DEFAULT_MODEL, args.device), pcm)
     if args.json:
         print(json.dumps({"text": " ".join(w["text"] for w in words), "duration": round(pcm.size / SAMPLE_RATE, 3),
                           "words": words}, ensure_ascii=False))
@@ -64,8 +71,28 @@ def run_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_lm(source: str, device: str):
+def check_local_or_url(args: argparse.Namespace) -> None:
+    """--model (a local model) and --url (a server) exclude each other; --api-key goes with --url."""
+    if args.url is not None and args.model is not None:
+        raise InputError("give --model (a local model) or --url (a server), not both")
+    if args.url is None and args.api_key is not None:
+        raise InputError("--api-key goes with --url (a server)")
 
+
+def transcribe_with_server(url: str, pcm: np.ndarray, api_key: str | None = None) -> list[dict]:
+    """float32 PCM [T] at 24 kHz -> [{"text", "start", "stop"}] through the STT server at `url`."""
+    import asyncio
+
+    from antiphon.streaming.kyutai_client import transcribe_pcm
+
+    start = time.perf_counter()
+    words = asyncio.run(transcribe_pcm(url, pcm, api_key=api_key))
+    logger.info("transcribed %.2f s of audio through %s in %.2f s", pcm.size / SAMPLE_RATE, url,
+                time.perf_counter() - start)
+    return [{"text": w.text, "start": round(w.start, 3), "stop": round(w.stop, 3)} for w in words if w.text]
+
+
+def load_lm(source: str, device: str):
     from antiphon.lm import LM
 
     device = parse_device(device)

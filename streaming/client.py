@@ -8,6 +8,9 @@
 `connect` returns once the server's Handshake has arrived (a Metadata message before it is kept in
 `.metadata`). A refused connection (HTTP 401, nothing listening) or an Error message from the server,
 before or after the handshake, raises `ChatClientError` with the server's words.
+
+The URL and API-key handling (`server_url`, `open_websocket`, `receive_frame`) is shared with the Kyutai
+STT/TTS clients in `kyutai_client`; every client error is a `ClientError`.
 """
 
 from __future__ import annotations
@@ -31,8 +34,13 @@ CHAT_PATH = "/api/chat"
 API_KEY_HEADER = "kyutai-api-key"
 
 
-class ChatClientError(AntiphonError):
-    """The server refused the connection, sent an Error message, or closed on an error."""
+class ClientError(AntiphonError):
+    """A client of an antiphon (or Kyutai) server: the server refused the connection, could not be reached,
+    sent an Error message, or closed on an error."""
+
+
+class ChatClientError(ClientError):
+    """The /api/chat server refused the connection, sent an Error message, or closed on an error."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +56,58 @@ class TextPiece:
 Event = PcmChunk | TextPiece
 
 
+def server_url(url: str, default_path: str, query: dict | None = None, error: type[ClientError] = ClientError) -> str:
+    """`ws://host:port` (path `default_path` added when none is given) plus `query` (str() of each value,
+    appended to any query already in the URL). Raises `error` for a scheme other than ws or wss."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise error(f"bad server URL {url!r}: expected ws://host:port or wss://host:port")
+    path = parts.path if parts.path not in ("", "/") else default_path
+    query = "&".join(q for q in (parts.query, urlencode({k: str(v) for k, v in (query or {}).items()})) if q)
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
 def chat_url(url: str, **sampling_query) -> str:
     """`ws://host:port` (path /api/chat added when none is given) plus the sampling query (str() of each value)."""
+    return server_url(url, CHAT_PATH, sampling_query, ChatClientError)
+
+
+async def open_websocket(full_url: str, api_key: str | None, open_timeout: float,
+                         error: type[ClientError] = ClientError) -> ClientConnection:
+    """Connect to `full_url`, sending `api_key` (if any) in the kyutai-api-key header. An HTTP refusal (401:
+    bad or missing key), nothing listening, a bad URL or a timeout raise `error` with the reason."""
+    headers = {API_KEY_HEADER: api_key} if api_key is not None else None
+    try:
+        return await connect(full_url, additional_headers=headers, open_timeout=open_timeout, compression=None,
+                             max_size=MAX_MESSAGE_BYTES)
+    except InvalidStatus as e:
+        response = e.response
+        body = response.body.decode("utf-8", "replace").strip() if response.body else response.reason_phrase
+        hint = " (a missing or unknown API key)" if response.status_code == 401 else ""
+        raise error(f"{redact(full_url)} refused the connection: HTTP {response.status_code}: {body}{hint}") from None
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError, asyncio.TimeoutError) as e:
+        raise error(f"cannot connect to {redact(full_url)}: {e or type(e).__name__}") from None
+
+
+def redact(url: str) -> str:
+    """`url` with the value of an auth_id query key hidden, for error messages and logs."""
     parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss"):
-        raise ChatClientError(f"bad server URL {url!r}: expected ws://host:port or wss://host:port")
-    path = parts.path if parts.path not in ("", "/") else CHAT_PATH
-    query = "&".join(q for q in (parts.query, urlencode({k: str(v) for k, v in sampling_query.items()})) if q)
-    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+    if "auth_id=" not in parts.query:
+        return url
+    query = "&".join("auth_id=***" if q.startswith("auth_id=") else q for q in parts.query.split("&"))
+    return urlunsplit(parts._replace(query=query))
+
+
+async def receive_frame(ws: ClientConnection, error: type[ClientError] = ClientError) -> bytes | str | None:
+    """The next frame; None when the server closed normally (1000, 1001); `error` on any other close."""
+    try:
+        return await ws.recv()
+    except ConnectionClosed as e:
+        if e.rcvd is not None and e.rcvd.code not in (1000, 1001):
+            raise error(f"the server closed the connection: {e.rcvd.code} {e.rcvd.reason}") from None
+        if e.rcvd is None and e.sent is None:  # the TCP connection dropped without a close frame
+            raise error("the connection to the server was lost") from None
+        return None
 
 
 class ChatClient:
@@ -72,23 +124,14 @@ class ChatClient:
         """Open the WebSocket and wait for the Handshake. `sampling_query`: the /api/chat query keys
         (text_temperature=0.7, text_topk=25, max_steps=100, ...). Raises ChatClientError."""
         full = chat_url(url, **sampling_query)
-        headers = {API_KEY_HEADER: api_key} if api_key is not None else None
-        try:
-            ws = await connect(full, additional_headers=headers, open_timeout=open_timeout, compression=None,
-                               max_size=MAX_MESSAGE_BYTES)
-        except InvalidStatus as e:
-            response = e.response
-            body = response.body.decode("utf-8", "replace").strip() if response.body else response.reason_phrase
-            raise ChatClientError(f"{full} refused the connection: HTTP {response.status_code}: {body}") from None
-        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as e:
-            raise ChatClientError(f"cannot connect to {full}: {e}") from None
+        ws = await open_websocket(full, api_key, open_timeout, ChatClientError)
         client = cls(ws)
         try:
             await asyncio.wait_for(client._handshake(), open_timeout)
         except BaseException as e:
             await ws.close()
-            if isinstance(e, TimeoutError):
-                raise ChatClientError(f"{full}: no handshake within {open_timeout} s") from None
+            if isinstance(e, (TimeoutError, asyncio.TimeoutError)):  # two classes before Python 3.11
+                raise ChatClientError(f"{redact(full)}: no handshake within {open_timeout} s") from None
             raise
         return client
 
@@ -104,11 +147,8 @@ class ChatClient:
 
     async def _recv(self):
         """The next parsed server message; None on a normal close. Raises ChatClientError on an Error message."""
-        try:
-            data = await self.ws.recv()
-        except ConnectionClosed as e:
-            if e.rcvd is not None and e.rcvd.code not in (1000, 1001):
-                raise ChatClientError(f"the server closed the connection: {e.rcvd.code} {e.rcvd.reason}") from None
+        data = await receive_frame(self.ws, ChatClientError)
+        if data is None:
             return None
         message = parse_server_message(data)
         if isinstance(message, Error):

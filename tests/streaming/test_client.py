@@ -6,7 +6,16 @@ import asyncio
 
 import numpy as np
 import pytest
-from antiphon.streaming.client import ChatClient, ChatClientError, PcmChunk, TextPiece, chat_url
+from antiphon.streaming.client import (
+    ChatClient,
+    ChatClientError,
+    ClientError,
+    PcmChunk,
+    TextPiece,
+    chat_url,
+    redact,
+    server_url,
+)
 
 from tests.streaming.test_server_chat import TICK, running
 from tests.streaming.tiny_pair import make_pair
@@ -28,6 +37,16 @@ def test_chat_url():
     assert chat_url("wss://h/x?a=1", b=2) == "wss://h/x?a=1&b=2"
     with pytest.raises(ChatClientError, match="ws://"):
         chat_url("http://h:1")
+
+
+def test_server_url_and_redact():
+    assert server_url("ws://h:1", "/api/tts_streaming", {"format": "PcmMessagePack", "voice": "a/b.wav"}) == \
+        "ws://h:1/api/tts_streaming?format=PcmMessagePack&voice=a%2Fb.wav"
+    assert server_url("wss://h/x/?auth_id=k", "/api/chat") == "wss://h/x/?auth_id=k"
+    with pytest.raises(ClientError, match="ws://host:port"):
+        server_url("ws:///api/chat", "/api/chat")
+    assert redact("ws://h:1/api/chat?a=1&auth_id=secret&b=2") == "ws://h:1/api/chat?a=1&auth_id=***&b=2"
+    assert redact("ws://h:1/api/chat?a=1") == "ws://h:1/api/chat?a=1"
 
 
 def test_handshake_audio_out_and_text_in(pair):
