@@ -12,11 +12,12 @@ import logging
 import sys
 
 from antiphon import __version__
-from antiphon.apps import bench_cmd, codec_cmd, serve_cmd, speak_cmd, transcribe_cmd
+from antiphon.apps import bench_cmd, codec_cmd, serve_cmd, speak_cmd, talk_cmd, transcribe_cmd
+from antiphon.apps import data_cmd
 from antiphon.apps.help import Formatter
 from antiphon.errors import AntiphonError
 
-COMMANDS = (codec_cmd, bench_cmd, serve_cmd, transcribe_cmd, speak_cmd)
+COMMANDS = (codec_cmd, bench_cmd, serve_cmd, talk_cmd, transcribe_cmd, speak_cmd, data_cmd)
 
 DESCRIPTION = "antiphon: a full-duplex realtime speech model service (Mimi-compatible codec, multistream LM)."
 EPILOG = """\
@@ -27,6 +28,7 @@ examples:
   antiphon -v codec encode speech.wav speech.codes --model path/to/codec
   antiphon bench codec                                   # streaming speed, against the reference
   antiphon serve --slots 4                               # WebSocket /api/chat on 127.0.0.1:8998
+  antiphon talk                                          # talk with it: microphone and speaker
   antiphon transcribe speech.wav --json                  # speech to text, words with times
   antiphon speak "Hello there." -o hello.wav             # text to speech
 

@@ -1,0 +1,1 @@
+"""Training: synthetic speech data and the recipes that train the embedded models."""
