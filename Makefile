@@ -4,7 +4,18 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= kyutai/moshiko-pytorch-bf16
 
-.PHONY: setup reference test test-all demo clean
+.PHONY: system setup reference test test-all demo clean
+
+## system: the Debian packages the synthetic-data tests and `antiphon talk` use (train/apt-packages.txt,
+## libportaudio2), installed with apt-get when missing; without apt-get or root, a warning (their tests skip)
+system:
+	@missing=$$(for p in $$(cat train/apt-packages.txt) libportaudio2; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing $$missing"; \
+		( $$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing >/dev/null ) \
+			|| echo "warning: could not install $$missing; the tests that need them skip"; \
+	fi
 
 ## setup: create .venv with torch 2.13.0 and antiphon (editable, with test extras); reruns only when pyproject.toml changes
 setup: $(VENV)/.setup-done
@@ -23,11 +34,11 @@ $(VENV)/.reference-done: $(VENV)/.setup-done
 	touch $@
 
 ## test: the default suite, parity tests against the reference included
-test: setup reference
+test: system setup reference
 	$(BIN)/python -m pytest -q
 
 ## test-all: every test, the slow ones included
-test-all: setup reference
+test-all: system setup reference
 	$(BIN)/python -m pytest -q -m ''
 
 ## demo: a codec round trip of the bundled sample (MODEL=repo-id-or-path)

@@ -55,6 +55,7 @@ class Engine:
         self.failed: str | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[int, object] = {}
+        self._sampling: dict[int, dict] = {}  # joining session -> its sampling, until its slot is configured
         self._streaming = contextlib.ExitStack()
         self._streaming.enter_context(codec.streaming(slots))
         self._thread: threading.Thread | None = None
@@ -70,11 +71,13 @@ class Engine:
         return self.scheduler.slots
 
     # ------------------------------------------------------------------ network side (any thread)
-    def admit(self, session: int, sink) -> int:
-        """Reserve a slot for `session` (NoFreeSlot at once when none is free); `sink(event)` receives its events."""
+    def admit(self, session: int, sink, sampling: dict | None = None) -> int:
+        """Reserve a slot for `session` (NoFreeSlot at once when none is free); `sink(event)` receives its
+        events. `sampling`: the session's own temp, temp_text, top_k, top_k_text (the others: the engine's)."""
         if self.failed is not None:
             raise EngineError(f"the engine has failed: {self.failed}")
         slot = self.scheduler.admit(session)
+        self._sampling[session] = dict(sampling or {})
         self._sinks[session] = sink
         self._inbox.put(Join(session, slot))
         return slot
@@ -86,6 +89,7 @@ class Engine:
     def leave(self, session: int) -> None:
         """The session ended: free its slot now; the next tick resets it. Idempotent."""
         self.scheduler.release(session)
+        self._sampling.pop(session, None)
         if self._sinks.pop(session, None) is not None:
             self._inbox.put(Leave(session))
 
@@ -131,6 +135,7 @@ class Engine:
 
     def _tell_ready(self, plan: TickPlan) -> None:
         for session, slot in plan.joined:
+            self.task.configure(slot, self._sampling.pop(session, {}))
             self._send(session, SlotReady(slot))
 
     def _send(self, session: int, event) -> None:

@@ -87,6 +87,8 @@ ROUTES = {"dialogue": (CHAT_PATH,), "translation": (CHAT_PATH, TRANSLATE_PATH), 
 READY_TIMEOUT = 10.0  # seconds to wait for the engine to reset the slot (a few ticks normally)
 OPEN_TIMEOUT = 10.0  # seconds for a client to complete its opening handshake
 MAX_BUFFERED_FRAMES = 250  # STT: frames (20 s) a client may have waiting for the model before we stop reading
+QUERY_SAMPLING = {"text_temperature": "temp_text", "text_topk": "top_k_text", "audio_temperature": "temp",
+                  "audio_topk": "top_k"}  # /api/chat query key -> the generator's
 POST_FLUSH_SECONDS = 10.0  # STT POST: at most this much silence after the audio to flush the text delay
 
 
@@ -173,7 +175,8 @@ class Server:
         sender = None
         try:
             proto.check_query(parse_query_string(query))
-            self.engine.admit(session, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+            self.engine.admit(session, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                              proto.sampling)
             ready = await asyncio.wait_for(events.get(), READY_TIMEOUT)
             if isinstance(ready, EngineFailed):
                 raise EngineError(ready.message)
@@ -352,9 +355,14 @@ class _Chat:
     def __init__(self, server: Server, ws, session: int):
         self.server, self.session = server, ChatSession(session, server.piece, server.max_message_bytes)
         self.max_steps = mp.SamplingParams().max_steps
+        self.sampling: dict = {}
 
     def check_query(self, query: dict) -> None:
-        self.max_steps = mp.SamplingParams.from_query(query).max_steps
+        """The query's sampling: the temperatures and top-k it names apply to this session (the others of
+        moshi-backend's keys are validated, and ignored)."""
+        params = mp.SamplingParams.from_query(query)
+        self.max_steps = params.max_steps
+        self.sampling = {ours: getattr(params, theirs) for theirs, ours in QUERY_SAMPLING.items() if theirs in query}
 
     def on_ready(self) -> list:
         return []
@@ -389,6 +397,7 @@ class _Stt:
                                   server.text, bool(engine.lm.extra_heads), server.max_message_bytes)
         self.consumed = 0
         self._progress = asyncio.Event()
+        self.sampling: dict = {}
 
     def check_query(self, query: dict) -> None:
         return None
@@ -421,11 +430,13 @@ class _Tts:
         self.server, self.id = server, session
         self.session = TtsSession(session, max_message_bytes=server.max_message_bytes)
         self.voice: np.ndarray | None = None
+        self.sampling: dict = {}
 
     def check_query(self, query: dict) -> None:
         q = kp.TtsQuery.from_query(query)
         self.session = TtsSession(self.id, q.format, self.server.max_message_bytes)
         self.voice = self.server.voice_embedding(q.voice)
+        self.sampling = {k: v for k, v in (("temp", q.temperature), ("top_k", q.top_k)) if v is not None}
 
     def on_ready(self) -> list:
         return [] if self.voice is None else [VoiceIn(self.id, self.voice)]

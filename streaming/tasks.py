@@ -56,7 +56,25 @@ def _mask(values: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values)).to(device)
 
 
-class _AudioTask:
+SAMPLING_KEYS = ("temp", "temp_text", "top_k", "top_k_text")
+
+
+class _Sampling:
+    """Per-session sampling: a joining session's values for its slot, the task's own for what it omits."""
+
+    def configure(self, slot: int, sampling: dict) -> None:
+        """Set `slot`'s sampling (keys of SAMPLING_KEYS) for its new session; absent keys take the defaults."""
+        generator = self.runner.generator
+        if not hasattr(self, "_default_sampling"):
+            self._default_sampling = {k: getattr(generator, k) for k in SAMPLING_KEYS}
+        unknown = set(sampling) - set(SAMPLING_KEYS)
+        if unknown:
+            raise InputError(f"unknown sampling option(s) {sorted(unknown)}: expected {', '.join(SAMPLING_KEYS)}")
+        values = {**self._default_sampling, **sampling}
+        generator.set_sampling(_mask(np.arange(self.slots) == slot, self.device), **values)
+
+
+class _AudioTask(_Sampling):
     """Shared by the tasks that hear audio: encode the plan's frames into the LM's input codes."""
 
     idle = "silence"
@@ -210,7 +228,7 @@ class TranscriptionTask(_AudioTask):
         self.runner.step(codes, active=active)
 
 
-class SpeechTask:
+class SpeechTask(_Sampling):
     """Kyutai TTS: words in (`TextIn`, then `EndOfInput`), voice and word times out. A slot steps only
     when its padding machine has enough words queued (or its text ended): the rest wait, untouched. The
     first `audio_delay` steps of an utterance are text only (no PCM). The frame after the last word's

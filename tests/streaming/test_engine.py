@@ -187,3 +187,31 @@ def test_engine_failure_is_fatal_and_told(make_engine, monkeypatch):
     assert engine.failed
     with pytest.raises(EngineError):
         engine.admit(2, got.append)
+
+
+def _run_two(engine, sampling, frames) -> list[list[OutputFrame]]:
+    got = {1: [], 2: []}
+    for session in got:
+        engine.admit(session, got[session].append, sampling)
+    engine.tick()
+    for frame in frames:
+        for session in got:
+            engine.submit(InputFrame(session, frame))
+        engine.tick()
+    for session in got:
+        engine.leave(session)
+    engine.tick()
+    return [outputs(got[1]), outputs(got[2])]
+
+
+def test_per_session_sampling_applies_to_its_slot_only_and_is_reset(make_engine):
+    engine = make_engine(slots=2)
+    frames = voice(3, 8)
+    greedy = {"temp": 0.0, "temp_text": 0.0}
+    a, b = _run_two(engine, greedy, frames)  # greedy sessions hearing the same audio say the same thing
+    assert [f.text for f in a] == [f.text for f in b]
+    assert all(np.array_equal(x.pcm, y.pcm) for x, y in zip(a, b))
+    a, b = _run_two(engine, None, frames)  # the next sessions in those slots sample again (engine's temp 0.8)
+    assert [f.text for f in a] != [f.text for f in b] or any(not np.array_equal(x.pcm, y.pcm) for x, y in zip(a, b))
+    with pytest.raises(Exception, match="unknown sampling"):
+        engine.task.configure(0, {"temperature": 1.0})
