@@ -21,6 +21,10 @@ from antiphon.errors import CheckpointError, InputError
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "kyutai/moshiko-pytorch-bf16"
+CPU_SLOTS = 4
+MAX_AUTO_SLOTS = 64
+MEMORY_USE = 0.8  # the share of the GPU's free memory the slots may take
+ACTIVATION_FACTOR = 1.5  # a slot's working memory beyond its streaming state (activations, codec), as a multiple
 
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
@@ -33,7 +37,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                     "Always: /api/health, /api/modules_info, /metrics. One engine steps every session together, "
                     "one 80 ms tick at a time.",
         epilog="examples:\n"
-               "  antiphon serve                                     # Moshi on 127.0.0.1:8998, 4 slots\n"
+               "  antiphon serve                                     # Moshi on 127.0.0.1:8998, slots sized to the GPU\n"
                "  antiphon serve --model path/to/model --slots 8\n"
                "  antiphon serve --host 0.0.0.0 --api-key SECRET     # other hosts: a key is required\n\n"
                "Clients present a key with the header kyutai-api-key or the query ?auth_id=. Keys are required "
@@ -44,7 +48,9 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8998, help="port, 0 for any free one (default: 8998)")
-    p.add_argument("--slots", type=int, default=4, help="sessions served at once (default: 4)")
+    p.add_argument("--slots", type=int, default=None,
+                   help="sessions served at once (default: on a GPU, as many as its free memory holds, at most "
+                        f"{MAX_AUTO_SLOTS}; on CPU, {CPU_SLOTS})")
     p.add_argument("--api-key", action="append", default=[], metavar="KEY", help="an accepted API key (repeatable)")
     p.add_argument("--tick-ms", type=float, default=80.0, help="milliseconds between engine ticks (default: 80)")
     p.add_argument("--seed", type=int, default=42424242, help="sampling seed (default: 42424242, as moshi's server)")
@@ -60,7 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from antiphon.lm import LM
     from antiphon.streaming.auth import DEFAULT_KEYS, auth_required_by_default
 
-    if args.slots < 1:
+    if args.slots is not None and args.slots < 1:
         raise InputError(f"--slots must be at least 1, got {args.slots}")
     if not 0 < args.tick_ms <= 1000:
         raise InputError(f"--tick-ms must be in (0, 1000], got {args.tick_ms}")
@@ -81,7 +87,8 @@ def run_serve(args: argparse.Namespace) -> int:
         options["voice"] = args.voice
     if args.idle_timeout <= 0:
         raise InputError(f"--idle-timeout must be positive, got {args.idle_timeout}")
-    server = build_server(lm, lm.codec, args.slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
+    slots = args.slots or default_slots(lm)
+    server = build_server(lm, lm.codec, slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
                           interval=args.tick_ms / 1000, rng=rng, voices=args.voices, idle_timeout=args.idle_timeout,
                           **options)
     server.engine.warmup()
@@ -90,6 +97,39 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         server.engine.close()
     return 0
+
+
+def slot_bytes(lm) -> int:
+    """Bytes of one slot's LM streaming state (the KV rings of every stateful layer, CFG rows included)."""
+    from antiphon.lm.generate import LMGenerator
+
+    generator = LMGenerator(lm, 1)
+    total = 0
+    for state in generator.states.values():
+        tensors = vars(state).values() if not isinstance(state, dict) else state.values()
+        total += sum(t.numel() * t.element_size() for t in tensors if hasattr(t, "element_size"))
+    return total
+
+
+def default_slots(lm) -> int:
+    """On a GPU: as many slots as MEMORY_USE of its free memory holds, each costing its streaming state times
+    ACTIVATION_FACTOR, between 1 and MAX_AUTO_SLOTS. On CPU: CPU_SLOTS (compute, not memory, is the limit)."""
+    import torch
+
+    if lm.device.type != "cuda":
+        return CPU_SLOTS
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    return slots_for(free, slot_bytes(lm))
+
+
+def slots_for(free_bytes: int, per_slot_bytes: int) -> int:
+    slots = int(free_bytes * MEMORY_USE // max(1, per_slot_bytes * ACTIVATION_FACTOR))
+    if slots < 1:
+        raise InputError(f"not enough free GPU memory for one session: {free_bytes / 2**30:.2f} GiB free, a slot "
+                         f"needs about {per_slot_bytes * ACTIVATION_FACTOR / 2**30:.2f} GiB")
+    logger.info("%d slots fit in %.1f GiB free (%.1f MiB of state each)", min(slots, MAX_AUTO_SLOTS), free_bytes / 2**30,
+                per_slot_bytes / 2**20)
+    return min(slots, MAX_AUTO_SLOTS)
 
 
 def build_server(lm, codec, slots: int, tokenizer=None, api_keys=None, auth_required: bool = False,

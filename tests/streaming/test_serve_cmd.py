@@ -11,6 +11,7 @@ import re
 import sys
 import urllib.request
 
+import pytest
 from antiphon.streaming.moshi_protocol import Handshake, build
 from websockets.asyncio.client import connect
 
@@ -38,3 +39,21 @@ def test_serve_a_model_directory(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 130
+
+
+def test_slots_follow_free_memory_and_state_size():
+    from antiphon.apps.serve_cmd import ACTIVATION_FACTOR, MAX_AUTO_SLOTS, MEMORY_USE, default_slots, slot_bytes, slots_for
+    from antiphon.errors import InputError
+
+    from tests.lm.tiny import MOSHI, make_tiny_lm
+
+    lm = make_tiny_lm(MOSHI)
+    per_slot = slot_bytes(lm)
+    cfg = lm.config
+    ring = cfg.context + 7  # the KV ring: context + PIECE - 1 steps
+    assert per_slot >= 2 * cfg.num_layers * cfg.dim * ring * 4  # keys and values of every layer, fp32
+    assert default_slots(lm) == 4  # CPU: compute-bound, a fixed default
+    assert slots_for(int(10 * per_slot * ACTIVATION_FACTOR / MEMORY_USE) + 1, per_slot) == 10
+    assert slots_for(2**50, per_slot) == MAX_AUTO_SLOTS
+    with pytest.raises(InputError, match="not enough free GPU memory"):
+        slots_for(per_slot // 2, per_slot)
