@@ -1,6 +1,6 @@
 """`antiphon bench`: measured performance, printed and written as JSON.
 
-Each target (one module: bench_codec, bench_lm) times antiphon against the reference implementation
+Each target (one module: bench_codec, bench_lm, bench_serve) times antiphon against the reference implementation
 with the same weights, in the same run. The reference side runs in a child process from
 tests/reference/ (antiphon itself never imports the reference package); without it the figures are
 antiphon's alone. The two take turns, one session each per round, so that a slow spell of a shared
@@ -32,23 +32,29 @@ REFERENCE_DIR = Path(__file__).resolve().parents[1] / "tests" / "reference"
 
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
-    from antiphon.apps import bench_codec, bench_lm
+    from antiphon.apps import bench_codec, bench_lm, bench_serve
 
     bench = subparsers.add_parser(
         "bench", parents=common, formatter_class=Formatter, help="measure performance (prints, writes JSON)",
         description="Benchmarks. Each prints a table and writes its figures as JSON; ratios are against the "
                     "reference implementation measured in the same run, on the same weights.")
     targets = bench.add_subparsers(title="targets", metavar="TARGET", dest="target", required=True)
-    for module in (bench_codec, bench_lm):
+    for module in (bench_codec, bench_lm, bench_serve):
         module.register(targets, common)
 
 
-def add_common_options(parser: argparse.ArgumentParser, unit: str, default_rounds: int = 3) -> None:
-    parser.add_argument(f"--{unit}s", dest="steps", type=int, default=40, help=f"timed {unit}s per session (default 40)")
+def add_common_options(parser: argparse.ArgumentParser, unit: str, default_rounds: int = 3,
+                       per_session: bool = True) -> None:
+    """The options every target shares; `per_session=False` leaves out --<unit>s and --batch (a target
+    that sizes its sessions otherwise, e.g. in seconds and slots)."""
+    if per_session:
+        parser.add_argument(f"--{unit}s", dest="steps", type=int, default=40,
+                            help=f"timed {unit}s per session (default 40)")
     parser.add_argument("--warmup", type=int, default=5, help=f"untimed {unit}s first (default 5)")
     parser.add_argument("--rounds", type=int, default=default_rounds,
                         help=f"sessions per implementation, taking turns (default {default_rounds})")
-    parser.add_argument("--batch", type=int, default=1, help="streams served together (default 1)")
+    if per_session:
+        parser.add_argument("--batch", type=int, default=1, help="streams served together (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference implementation")
@@ -192,6 +198,11 @@ def report(result: dict, title: str, unit: str, path: Path | None, target: str, 
               f"{', '.join(f'{x:.2f}' for x in result['speedup_per_round'])}){note}")
     elif "skipped" in ref:
         print(f"  reference: {ref['skipped']}")
+    write_json(result, path, target)
+
+
+def write_json(result: dict, path: Path | None, target: str) -> None:
+    """Write `result` to `path` (default bench-results/<target>-<time>.json) and say where."""
     path = path or Path("bench-results") / f"{target}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

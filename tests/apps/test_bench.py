@@ -39,3 +39,20 @@ def test_bench_codec_against_the_reference(tmp_path):
     assert result["reference"]["steps"] == 4
     assert result["reference"]["codes_agreement"] == 1.0
     assert len(result["speedup_per_round"]) == 2 and result["speedup_vs_reference"] > 0
+
+
+def test_bench_serve_with_a_tiny_pair(tmp_path, monkeypatch, capsys):
+    from antiphon.apps import bench_serve
+
+    from tests.streaming.tiny_pair import make_pair
+
+    monkeypatch.setattr(bench_serve, "make_models", lambda args, directory: (*make_pair(), None))
+    result = _run(tmp_path, "serve", "--seconds", "1", "--slots", "1,2", "--no-reference")
+    assert [r["slots"] for r in result["runs"]] == [1, 2]
+    one, two = result["runs"]
+    assert one["rounds"] == 2 and len(result["one_session_rounds"]) == 2
+    assert two["frames"]["sent"] == 2 * 12 and two["frames"]["out_expected"] == 24
+    assert two["latency_ms"]["count"] == two["frames"]["out_received"] > 0
+    assert result["antiphon"]["steps"] == one["latency_ms"]["count"] and result["antiphon"]["ms_median"] > 0
+    assert result["antiphon"]["sessions_held"] in (0, 1, 2) and "reference" not in result
+    assert "sessions held in real time: antiphon" in capsys.readouterr().out

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import time
 
-import numpy as np
 import torch
 from antiphon.apps.serve_cmd import build_server
 from antiphon.streaming.moshi_protocol import Audio, Handshake, build, parse_server_message
