@@ -64,7 +64,8 @@ class LMGenerator:
         self.lm, self.batch_size = lm, batch_size
         # sampling: a number when all slots share it (the fast path), else a tensor [B] (set_sampling)
         self.temp, self.temp_text, self.top_k, self.top_k_text = temp, temp_text, top_k, top_k_text
-        self._slot_sampling = {name: [getattr(self, name)] * batch_size for name in SAMPLING}  # host, per slot
+        self.default_sampling = {name: getattr(self, name) for name in SAMPLING}  # as constructed
+        self._slot_sampling = {name: [value] * batch_size for name, value in self.default_sampling.items()}  # host
         self.cfg_coef, self.rng, self.check_inputs = float(cfg_coef), rng, check_inputs
         self.rows = 2 * batch_size if self.cfg else batch_size
         self.condition = self._check_condition(condition)

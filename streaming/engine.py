@@ -47,7 +47,6 @@ class Engine:
             raise InputError(f"the engine needs a 24 kHz codec with {FRAME_SAMPLES}-sample frames, got "
                              f"{codec.sample_rate} Hz / {codec.frame_size}")
         self.lm, self.codec, self.interval = lm, codec, interval
-        self.device = lm.device
         self.task = make_task(lm, codec, slots, task, **options)
         self.scheduler = Scheduler(slots, max_backlog, idle=self.task.idle)
         self.stats = TickStats(interval)

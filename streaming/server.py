@@ -162,14 +162,8 @@ class Server:
     # ------------------------------------------------------------------ WebSocket sessions
     async def handle(self, ws: ServerConnection) -> None:
         session = next(self._ids)
-        path, _, query = ws.request.path.partition("?")
-        kind = self.engine.kind
-        if kind == "stt":
-            proto = _Stt(self, ws, session)
-        elif kind == "tts":
-            proto = _Tts(self, ws, session)
-        else:
-            proto = _Chat(self, ws, session)
+        query = ws.request.path.partition("?")[2]
+        proto = {"stt": _Stt, "tts": _Tts}.get(self.engine.kind, _Chat)(self, session)
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         sender = None
@@ -268,7 +262,7 @@ class Server:
         ahead = 4 + self.engine.task.runner.generator.max_delay  # frames kept in flight
         messages: list[dict] = []
         async with self._local_session() as (session, events):
-            stt = _Stt(self, None, session).session
+            stt = _Stt(self, session).session
             sent = consumed = 0
             while consumed < total:
                 while sent < total and sent - consumed < ahead:
@@ -349,22 +343,18 @@ class Server:
         return load_voice(path).T[None].numpy()  # [T, C] -> [1, C, T]
 
 
-class _Chat:
-    """/api/chat and /api/translate: the Moshi protocol."""
+class _Route:
+    """One WebSocket session's protocol on the server side: its sans-I/O `session`, plus what the server's
+    loops ask of it. The defaults suit a route with nothing to add."""
 
-    def __init__(self, server: Server, ws, session: int):
-        self.server, self.session = server, ChatSession(session, server.piece, server.max_message_bytes)
-        self.max_steps = mp.SamplingParams().max_steps
-        self.sampling: dict = {}
+    session = None
+    sampling: dict = {}  # this session's sampling, for engine.admit
 
     def check_query(self, query: dict) -> None:
-        """The query's sampling: the temperatures and top-k it names apply to this session (the others of
-        moshi-backend's keys are validated, and ignored)."""
-        params = mp.SamplingParams.from_query(query)
-        self.max_steps = params.max_steps
-        self.sampling = {ours: getattr(params, theirs) for theirs, ours in QUERY_SAMPLING.items() if theirs in query}
+        """Read the connection's query (ProtocolError on a bad value)."""
 
     def on_ready(self) -> list:
+        """Engine inputs to submit once the slot is ready."""
         return []
 
     @property
@@ -372,7 +362,26 @@ class _Chat:
         return self.session.ended
 
     async def hold_back(self) -> None:
+        """Wait before reading the next client message (flow control)."""
+
+    def finished(self, event) -> str | None:
+        """After `event` went out: the close reason if the session is complete, else None."""
         return None
+
+
+class _Chat(_Route):
+    """/api/chat and /api/translate: the Moshi protocol."""
+
+    def __init__(self, server: Server, session: int):
+        self.session = ChatSession(session, server.piece, server.max_message_bytes)
+        self.max_steps = mp.SamplingParams().max_steps
+
+    def check_query(self, query: dict) -> None:
+        """The query's sampling: the temperatures and top-k it names apply to this session (the others of
+        moshi-backend's keys are validated, and ignored)."""
+        params = mp.SamplingParams.from_query(query)
+        self.max_steps = params.max_steps
+        self.sampling = {ours: getattr(params, theirs) for theirs, ours in QUERY_SAMPLING.items() if theirs in query}
 
     def finished(self, event) -> str | None:
         if isinstance(event, OutputFrame):
@@ -386,26 +395,16 @@ class _Chat:
         return [mp.build(mp.Error(message))]
 
 
-class _Stt:
+class _Stt(_Route):
     """/api/asr-streaming: Kyutai STT."""
 
-    def __init__(self, server: Server, ws, session: int):
-        engine = server.engine
-        cfg = engine.lm.config
-        self.server = server
+    def __init__(self, server: Server, session: int):
+        lm = server.engine.lm
+        cfg = lm.config
         self.session = SttSession(session, cfg.existing_text_end_padding_id, cfg.existing_text_padding_id,
-                                  server.text, bool(engine.lm.extra_heads), server.max_message_bytes)
+                                  server.text, bool(lm.extra_heads), server.max_message_bytes)
         self.consumed = 0
         self._progress = asyncio.Event()
-        self.sampling: dict = {}
-
-    def check_query(self, query: dict) -> None:
-        return None
-
-    def on_ready(self) -> list:
-        return []
-
-    input_ended = False
 
     async def hold_back(self) -> None:
         """Stop reading while too many of this client's frames wait for the model (TCP backpressure)."""
@@ -423,14 +422,13 @@ class _Stt:
         return [kp.build(kp.Error(message))]
 
 
-class _Tts:
+class _Tts(_Route):
     """/api/tts_streaming: Kyutai TTS."""
 
-    def __init__(self, server: Server, ws, session: int):
+    def __init__(self, server: Server, session: int):
         self.server, self.id = server, session
         self.session = TtsSession(session, max_message_bytes=server.max_message_bytes)
         self.voice: np.ndarray | None = None
-        self.sampling: dict = {}
 
     def check_query(self, query: dict) -> None:
         q = kp.TtsQuery.from_query(query)
@@ -441,13 +439,6 @@ class _Tts:
     def on_ready(self) -> list:
         return [] if self.voice is None else [VoiceIn(self.id, self.voice)]
 
-    @property
-    def input_ended(self) -> bool:
-        return self.session.ended
-
-    async def hold_back(self) -> None:
-        return None
-
     def finished(self, event) -> str | None:
         return "speech complete" if isinstance(event, VoiceFrame) and event.end else None
 
@@ -456,9 +447,9 @@ class _Tts:
 
 
 def _text_delay(engine) -> int:
+    """Frames between an audio frame and its text: STT's text delay plus the generator's max delay."""
     runner = engine.task.runner
-    delay = getattr(runner, "text_delay", 0.0) / FRAME_SECONDS
-    return round(delay) + getattr(getattr(runner, "generator", None), "max_delay", 0)
+    return round(getattr(runner, "text_delay", 0.0) / FRAME_SECONDS) + runner.generator.max_delay
 
 
 def _decode_audio_file(body: bytes) -> np.ndarray:

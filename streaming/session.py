@@ -148,6 +148,7 @@ class SttSession:
         self._frames = Rechunker()
         self.sent = 0  # frames handed to the engine
         self._markers: list[tuple[int, int]] = []  # (frames sent before it, id), in order
+        self.ended = False  # STT input never ends but by the client leaving
         self._word: list[int] = []  # tokens of the word being read
         self._start: float | None = None  # start time of the current word (its word-start token)
 

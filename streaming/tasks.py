@@ -56,22 +56,33 @@ def _mask(values: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(values)).to(device)
 
 
-SAMPLING_KEYS = ("temp", "temp_text", "top_k", "top_k_text")
-
-
 class _Sampling:
-    """Per-session sampling: a joining session's values for its slot, the task's own for what it omits."""
+    """Per-session sampling: a joining session's values for its slot, the generator's defaults for what it omits."""
 
     def configure(self, slot: int, sampling: dict) -> None:
-        """Set `slot`'s sampling (keys of SAMPLING_KEYS) for its new session; absent keys take the defaults."""
+        """Set `slot`'s sampling (temp, temp_text, top_k, top_k_text) for its new session."""
         generator = self.runner.generator
-        if not hasattr(self, "_default_sampling"):
-            self._default_sampling = {k: getattr(generator, k) for k in SAMPLING_KEYS}
-        unknown = set(sampling) - set(SAMPLING_KEYS)
+        unknown = set(sampling) - set(generator.default_sampling)
         if unknown:
-            raise InputError(f"unknown sampling option(s) {sorted(unknown)}: expected {', '.join(SAMPLING_KEYS)}")
-        values = {**self._default_sampling, **sampling}
+            raise InputError(f"unknown sampling option(s) {sorted(unknown)}: expected "
+                             f"{', '.join(generator.default_sampling)}")
+        values = {**generator.default_sampling, **sampling}
         generator.set_sampling(_mask(np.arange(self.slots) == slot, self.device), **values)
+
+
+def _check_codec(lm, codec, reads: int) -> None:
+    """The codec must give the `reads` codebooks the LM hears and the dep_q it speaks, of card codes each."""
+    cfg = lm.config
+    if codec.num_codebooks < max(reads, cfg.dep_q) or codec.cardinality < cfg.card:
+        raise InputError(f"the codec gives {codec.num_codebooks} codebooks of {codec.cardinality} codes; the LM "
+                         f"reads {reads} and writes {cfg.dep_q} streams of {cfg.card} codes: set "
+                         f"codec.num_codebooks or pair them right")
+
+
+def _decode(codec, audio: torch.Tensor, ready: torch.Tensor) -> torch.Tensor:
+    """audio codes [B, dep_q, 1] (negative where not ready) -> PCM [B, 1920]; rows not `ready` leave their
+    decoder untouched (their PCM is not used)."""
+    return codec.decode_latent(codec.quantizer.decode(audio.clamp(min=0)), active=ready)[:, 0]
 
 
 class _AudioTask(_Sampling):
@@ -85,10 +96,7 @@ class _AudioTask(_Sampling):
         self.device = lm.device
         self.n_in = cfg.n_q - cfg.dep_q
         self.steps = np.zeros(slots, dtype=np.int64)  # events published per slot since its session joined
-        if codec.num_codebooks < max(self.n_in, cfg.dep_q) or codec.cardinality < cfg.card:
-            raise InputError(f"the codec gives {codec.num_codebooks} codebooks of {codec.cardinality} codes; the LM "
-                             f"reads {self.n_in} and writes {cfg.dep_q} streams of {cfg.card} codes: set "
-                             f"codec.num_codebooks or pair them right")
+        _check_codec(lm, codec, self.n_in)
 
     def reset(self, mask: np.ndarray) -> None:
         m = _mask(mask, self.device)
@@ -100,12 +108,6 @@ class _AudioTask(_Sampling):
         """[B, 1920] PCM -> [B, n_in, 1] codes (the unchecked codec path: no host read)."""
         wav = torch.from_numpy(pcm).to(self.device)[:, None, :]
         return self.codec.encode_latent(self.codec.encode_to_latent(wav, active=active))[:, : self.n_in]
-
-    def _decode(self, audio: torch.Tensor, ready: torch.Tensor) -> torch.Tensor:
-        """audio codes [B, dep_q, 1] (negative where not ready) -> PCM [B, 1920]; rows not `ready` leave
-        their decoder untouched (their PCM is not used)."""
-        audio = audio.clamp(min=0)
-        return self.codec.decode_latent(self.codec.quantizer.decode(audio), active=ready)[:, 0]
 
     def _restart_encoder_after_first(self, plan) -> None:
         if plan.first.any():  # the throw-away first frame: restart the slot's codec (reference §3.1)
@@ -135,7 +137,7 @@ class DialogueTask(_AudioTask):
         self._restart_encoder_after_first(plan)
         if out is None:
             return []
-        pcm = self._decode(out.audio, out.ready)
+        pcm = _decode(self.codec, out.audio, out.ready)
         text, pcm = out.text.cpu().numpy(), pcm.float().cpu().numpy()  # the tick's host read
         return self._publish(plan, text, pcm, np.zeros(self.slots, dtype=bool))
 
@@ -152,7 +154,7 @@ class DialogueTask(_AudioTask):
     def _warm_step(self, codes: torch.Tensor, active: torch.Tensor) -> None:
         out = self.runner.step(codes)
         if out is not None:
-            self._decode(out.audio, out.ready)
+            _decode(self.codec, out.audio, out.ready)
 
 
 class TranslationTask(DialogueTask):
@@ -179,7 +181,7 @@ class TranslationTask(DialogueTask):
         self._restart_encoder_after_first(plan)
         if out is None:
             return []
-        pcm = self._decode(out.audio, out.ready)
+        pcm = _decode(self.codec, out.audio, out.ready)
         text, pcm, end = out.text.cpu().numpy(), pcm.float().cpu().numpy(), out.is_end.cpu().numpy()
         text = np.where(out.is_word.cpu().numpy() | (text < 0), text, self.lm.config.existing_text_padding_id)
         return self._publish(plan, text, pcm, end)
@@ -248,16 +250,14 @@ class SpeechTask(_Sampling):
         cfg_value = cfg if lm.is_conditioned else None
         self.runner = Speaker(lm, slots, voice=voice, cfg=cfg_value, tokenizer=tokenizer, **sampling)
         self.default_voice = voice
-        self.has_voice = voice is not None
-        if codec.num_codebooks < lm.config.dep_q or codec.cardinality < lm.config.card:
-            raise InputError(f"the codec gives {codec.num_codebooks} codebooks of {codec.cardinality} codes; the LM "
-                             f"writes {lm.config.dep_q} streams of {lm.config.card} codes")
+        self.own_voice = np.zeros(slots, dtype=bool)  # slots whose session gave its own voice (VoiceIn)
+        _check_codec(lm, codec, lm.config.n_q - lm.config.dep_q)
 
     def reset(self, mask: np.ndarray) -> None:
         m = _mask(mask, self.device)
-        if self.has_voice:
-            for slot in np.flatnonzero(mask):
-                self.runner.set_voice(int(slot), self.default_voice)
+        for slot in np.flatnonzero(mask & self.own_voice):  # back to the default voice for the next session
+            self.runner.set_voice(int(slot), self.default_voice)
+        self.own_voice[mask] = False
         self.codec.reset_streaming(m)
         self.runner.reset(m)
 
@@ -269,13 +269,13 @@ class SpeechTask(_Sampling):
         if not moving.any():
             return []
         frame = self.runner.step(active=_mask(moving, self.device))
-        pcm = self.codec.decode_latent(self.codec.quantizer.decode(frame.audio.clamp(min=0)), active=frame.ready)[:, 0]
+        pcm = _decode(self.codec, frame.audio, frame.ready)
         ready, last, pcm = frame.ready.cpu().numpy(), frame.last.cpu().numpy(), pcm.float().cpu().numpy()
         words: dict[int, list[TimedWord]] = {}
         for w in frame.words:
             words.setdefault(w.slot, []).append(TimedWord(w.text, w.start, w.stop))
         events = []
-        for slot in np.flatnonzero(plan.live & moving):
+        for slot in np.flatnonzero(moving):
             said = tuple(words.get(int(slot), ()))
             if ready[slot] or said or last[slot]:
                 events.append((slot, VoiceFrame(pcm=pcm[slot].copy() if ready[slot] else None, words=said,
@@ -289,11 +289,11 @@ class SpeechTask(_Sampling):
             self.runner.end(slot)
         elif isinstance(item, VoiceIn):
             self.runner.set_voice(slot, torch.from_numpy(item.embedding))
+            self.own_voice[slot] = True
             self.runner.reset(_mask(np.arange(self.slots) == slot, self.device))
 
     def warmup(self, ticks: int) -> None:
         everything = torch.ones(self.slots, dtype=torch.bool, device=self.device)
         for _ in range(ticks):
-            frame = self.runner.step(active=everything)
-            self.codec.decode_latent(self.codec.quantizer.decode(frame.audio.clamp(min=0)), active=everything)
+            _decode(self.codec, self.runner.step(active=everything).audio, everything)
         self.reset(np.ones(self.slots, dtype=bool))
