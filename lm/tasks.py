@@ -283,6 +283,17 @@ class Speaker:
         mask[slot] = True
         self.generator.set_condition_rows(mask, condition)
 
+    def check_voice(self, voice) -> None:
+        """Raise InputError unless `set_voice` would take `voice`: the model speaks in a given voice, and this
+        one has its width C and the length T of the voices already given (cheap: nothing runs)."""
+        from antiphon.lm import tts
+
+        if not self.multi_speaker:
+            raise InputError("this TTS model takes no voice")
+        steps = tts.load_voice(voice, self.lm.condition_provider.conditioners[tts.VOICE_KEY].spec.dim).shape[0]
+        if steps != self.voice_steps:
+            raise InputError(f"a voice of {steps} frames; this model's slots take voices of {self.voice_steps}")
+
     def reset(self, mask: torch.Tensor) -> None:
         self.generator.reset(mask)
         for b in mask.nonzero().flatten().tolist():
@@ -343,7 +354,9 @@ class Speaker:
         each = list(voice) if isinstance(voice, (list, tuple)) else [voice] * self.batch_size
         if len(each) != self.batch_size:
             raise InputError(f"give one voice for all slots or a list of B = {self.batch_size}, got {len(each)}")
-        sources = [tts.speaker_source([tts.load_voice(v, dim)]) for v in each]
+        loaded = [tts.load_voice(v, dim) for v in each]  # each [T, C]
+        self.voice_steps = loaded[0].shape[0]
+        sources = [tts.speaker_source([v]) for v in loaded]
         if len({s[0].shape for s in sources}) > 1:
             raise InputError("the voices of the slots must have the same length T")
         return torch.cat([s[0] for s in sources]), torch.cat([s[1] for s in sources])

@@ -210,7 +210,7 @@ class Server:
                 self.errors["idle"] += 1
                 await ws.close(1000, f"idle: nothing received for {self.idle_timeout:g} s")
                 return False
-            for item in proto.session.receive(receive.result()):
+            for item in proto.receive(receive.result()):
                 self.engine.submit(item)
             await proto.hold_back()
         return True
@@ -361,6 +361,10 @@ class _Route:
     def input_ended(self) -> bool:
         return self.session.ended
 
+    def receive(self, data: bytes | str) -> list:
+        """A client message -> the engine inputs to submit. Raises ProtocolError."""
+        return self.session.receive(data)
+
     async def hold_back(self) -> None:
         """Wait before reading the next client message (flow control)."""
 
@@ -433,8 +437,22 @@ class _Tts(_Route):
     def check_query(self, query: dict) -> None:
         q = kp.TtsQuery.from_query(query)
         self.session = TtsSession(self.id, q.format, self.server.max_message_bytes)
-        self.voice = self.server.voice_embedding(q.voice)
+        self.voice = None if q.voice is None else self._checked(self.server.voice_embedding(q.voice))
         self.sampling = {k: v for k, v in (("temp", q.temperature), ("top_k", q.top_k)) if v is not None}
+
+    def receive(self, data: bytes | str) -> list:
+        items = self.session.receive(data)
+        for item in items:
+            if isinstance(item, VoiceIn):
+                self._checked(item.embedding)
+        return items
+
+    def _checked(self, embedding: np.ndarray) -> np.ndarray:
+        try:
+            self.server.engine.task.check_voice(embedding)
+        except InputError as e:
+            raise ProtocolError(f"bad voice: {e}", CLOSE_INVALID_DATA) from None
+        return embedding
 
     def on_ready(self) -> list:
         return [] if self.voice is None else [VoiceIn(self.id, self.voice)]

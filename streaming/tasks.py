@@ -282,6 +282,11 @@ class SpeechTask(_Sampling):
                                                 end=bool(last[slot]))))
         return events
 
+    def check_voice(self, embedding: np.ndarray) -> None:
+        """Raise InputError unless a VoiceIn of `embedding` [1, C, T] would be taken (the network side calls
+        this before submitting one: a voice the model cannot take must fail its session, not the tick)."""
+        self.runner.check_voice(torch.from_numpy(embedding))
+
     def _take(self, slot: int, item) -> None:
         if isinstance(item, TextIn):
             self.runner.push(slot, item.text)

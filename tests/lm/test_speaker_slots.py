@@ -106,3 +106,12 @@ def test_set_voice_checks(lm):
         target.set_voice(2, voices(1)[0])
     with pytest.raises(InputError, match="shape of the current one"):
         target.set_voice(0, torch.randn(1, SPEAKER_DIM, 6))
+
+
+def test_check_voice_accepts_what_set_voice_takes_and_refuses_the_rest(lm):
+    target = speaker(lm, voices(1)[0])
+    target.check_voice(voices(2)[1])  # same C and T: taken
+    with pytest.raises(InputError, match="of 6 frames"):
+        target.check_voice(torch.randn(1, SPEAKER_DIM, 6))
+    with pytest.raises(InputError):
+        target.check_voice(torch.randn(1, SPEAKER_DIM + 1, 4))

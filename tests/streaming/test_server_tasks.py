@@ -214,7 +214,7 @@ def test_tts_post_json_returns_wav():
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("case", ["voice_after_text", "oversized", "unknown_voice"])
+@pytest.mark.parametrize("case", ["voice_after_text", "oversized", "unknown_voice", "voice_for_a_voiceless_model"])
 def test_tts_bad_input_is_an_error_for_that_session_only(case):
     async def main():
         async with running("tts", max_message_bytes=4096) as (_, port):
@@ -225,6 +225,8 @@ def test_tts_bad_input_is_an_error_for_that_session_only(case):
                 if case == "voice_after_text":
                     await ws.send(kp.build(kp.Text("hi")))
                     await ws.send(kp.build(kp.Voice(np.zeros(4, np.float32), (1, 2, 2))))
+                elif case == "voice_for_a_voiceless_model":  # the tiny TTS has no voice conditioner
+                    await ws.send(kp.build(kp.Voice(np.zeros(4, np.float32), (1, 2, 2))))
                 elif case == "oversized":
                     await ws.send(kp.build(kp.Text("x" * 5000)))
                 while True:
@@ -232,7 +234,7 @@ def test_tts_bad_input_is_an_error_for_that_session_only(case):
                     if isinstance(message, kp.Error):
                         break
                 assert {"voice_after_text": "before any text", "oversized": "4096",
-                        "unknown_voice": "voice"}[case] in message.message
+                        "unknown_voice": "voice", "voice_for_a_voiceless_model": "takes no voice"}[case] in message.message
             pcm, words, code = await tts_session(port, "still fine")  # the server carries on
             assert code == 1000 and len(words) == 2
 
