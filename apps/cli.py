@@ -13,11 +13,11 @@ import sys
 
 from antiphon import __version__
 from antiphon.apps import bench_cmd, codec_cmd, serve_cmd, speak_cmd, talk_cmd, transcribe_cmd
-from antiphon.apps import data_cmd
+from antiphon.apps import data_cmd, train_cmd
 from antiphon.apps.help import Formatter
 from antiphon.errors import AntiphonError
 
-COMMANDS = (codec_cmd, bench_cmd, serve_cmd, talk_cmd, transcribe_cmd, speak_cmd, data_cmd)
+COMMANDS = (codec_cmd, bench_cmd, serve_cmd, talk_cmd, transcribe_cmd, speak_cmd, data_cmd, train_cmd)
 
 DESCRIPTION = "antiphon: a full-duplex realtime speech model service (Mimi-compatible codec, multistream LM)."
 EPILOG = """\

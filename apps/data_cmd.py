@@ -64,7 +64,9 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                      help="train: training voices and texts; eval: the held-out ones (default: train)")
     gen.add_argument("--backends", default="espeak-ng,flite,festival", metavar="LIST",
                      help="comma-separated synthesizers to draw voices from (default: all three; festival is the "
-                          "slowest, espeak-ng alone the fastest and the only one with French)")
+                          "slowest, espeak-ng alone the fastest and the only one with French), or voices named "
+                          "backend/voice (e.g. flite/slt: that voice only, in either split; the split then "
+                          "chooses only the texts)")
     gen.add_argument("--shard-size", type=int, default=256, metavar="N", help="examples per shard (default: 256)")
     gen.set_defaults(run=run_generate)
 

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from antiphon.checkpoint_io import HubRepo, check_tensors, read_safetensors
 from antiphon.codec.config import CodecConfig
 from antiphon.codec.model import Codec
+from antiphon import embedded
 from antiphon.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -167,11 +168,11 @@ def _stack_codebooks(codebooks: dict, config: CodecConfig) -> dict[str, torch.Te
     return out
 
 
-def antiphon_to_released(codec: Codec) -> dict[str, torch.Tensor]:
-    """The inverse map, for `save_pretrained` (codebooks saved with cluster_usage = 1)."""
+def antiphon_to_released(codec: Codec, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The inverse map, for `save_pretrained` (codebooks saved with cluster_usage = 1), in `dtype`."""
     out: dict[str, torch.Tensor] = {}
     for key, tensor in codec.state_dict().items():
-        tensor = tensor.detach().float().contiguous()
+        tensor = tensor.detach().to(dtype).contiguous()
         if key.endswith(".codebooks"):
             half = key.split(".")[1]
             for layer, table in enumerate(tensor):
@@ -206,7 +207,7 @@ def load_state(codec: Codec, state: dict[str, torch.Tensor], origin: str) -> Non
 
 def load_codec(source: str | Path, num_codebooks: int = 8, device=None, dtype=None,
                config: CodecConfig | None = None) -> Codec:
-    weights = resolve_weights(source)
+    weights = resolve_weights(embedded.resolve(source))
     config = config or config_beside(weights)
     logger.info("loading codec from %s", weights)
     state = released_to_antiphon(read_safetensors(weights), config)
@@ -215,11 +216,11 @@ def load_codec(source: str | Path, num_codebooks: int = 8, device=None, dtype=No
     return codec.to(device=device, dtype=dtype)
 
 
-def save_codec(codec: Codec, directory: str | Path) -> Path:
+def save_codec(codec: Codec, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / MIMI_FILENAME
-    save_file(antiphon_to_released(codec), str(weights))
+    save_file(antiphon_to_released(codec, dtype), str(weights))
     if codec.config != CodecConfig():
         codec.config.save_json(weights.with_suffix(".json"))
     return weights

@@ -87,11 +87,12 @@ class Codec(nn.Module):
 
         return load_codec(source, num_codebooks=num_codebooks, device=device, dtype=dtype)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write the weights in the released format and the config beside them; returns the weights' path."""
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Write the weights in the released format (in `dtype`: float16 halves the file) and the config
+        beside them; returns the weights' path."""
         from antiphon.codec.checkpoint import save_codec
 
-        return save_codec(self, directory)
+        return save_codec(self, directory, dtype)
 
     # ------------------------------------------------------------------ streaming
     @contextlib.contextmanager

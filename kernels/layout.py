@@ -30,7 +30,8 @@ def small_batch_layout(weight: torch.Tensor) -> nn.Parameter:
         data = data.reshape(n, k).t().contiguous().t().view(weight.shape)
     else:
         data = data.contiguous()
-    return nn.Parameter(data, requires_grad=weight.requires_grad)
+    trainable = weight.requires_grad if isinstance(weight, nn.Parameter) else True  # a new weight trains
+    return nn.Parameter(data, requires_grad=trainable)
 
 
 def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

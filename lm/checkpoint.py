@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from antiphon import embedded
 from antiphon.checkpoint_io import HubRepo, check_tensors, read_safetensors
 from antiphon.errors import CheckpointError
 from antiphon.lm.config import LMConfig
@@ -135,7 +136,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_lm(source: str | Path, device=None, dtype=None) -> LM:
-    where, weights = Source.parse(source)
+    where, weights = Source.parse(embedded.resolve(source))
     config = read_config(where)
     weights = weights or where.fetch(config.moshi_name)
     device = torch.device(device) if device is not None else torch.device("cpu")

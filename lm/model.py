@@ -143,7 +143,6 @@ class LM(nn.Module):
                            audio_delay=audio_delay)
 
     # ------------------------------------------------------------------ teacher-forced forward
-    @torch.no_grad()
     def forward(self, codes: torch.Tensor, conditions: Condition | None = None) -> LMOutput:
         """codes int [B, 1 + n_q, T] in natural time alignment (text row, then audio rows; -1 = zero
         token) -> LMOutput aligned with `codes`. The model applies its delays and initial tokens.

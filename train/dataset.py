@@ -80,7 +80,7 @@ def make_example(kind: str, seed: int, index: int, split: str = "train",
     if index < 0:
         raise InputError(f"index must be non-negative, got {index}")
     rng = np.random.default_rng([seed, KINDS.index(kind), texts.SPLITS.index(split), index])
-    draw = _Draw(rng, split, tuple(b for b in BACKENDS if b in backends))
+    draw = _Draw(rng, split, tuple(sorted(set(backends))))
     make = {"asr": _speech, "tts": _speech, "dialogue": _dialogue, "translation": _translation}[kind]
     pcm, channels, info = make(draw, kind)
     return Example(kind, split, seed, index, pcm, channels, info)
@@ -94,9 +94,10 @@ def check_arguments(kind: str, seed: int, split: str, backends: tuple[str, ...])
         raise InputError(f"unknown split {split!r}: choose train or eval")
     if seed < 0:
         raise InputError(f"seed must be non-negative, got {seed}")
-    unknown = set(backends) - set(BACKENDS)
+    unknown = {b for b in backends if b.partition("/")[0] not in BACKENDS}
     if unknown or not backends:
-        raise InputError(f"unknown backends {sorted(unknown)}: choose from {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backends {sorted(unknown)}: choose from {', '.join(BACKENDS)} "
+                         "(or name voices as backend/voice)")
 
 
 # ---------------------------------------------------------------------- kinds
@@ -235,9 +236,11 @@ class _Track:
 
 @functools.lru_cache(maxsize=None)
 def _voices_by_backend(language: str, split: str, backends: tuple[str, ...]) -> dict[str, tuple[Voice, ...]]:
+    """Voices of `language` by backend: those of the split for a backend named, and a voice named as
+    backend/voice whatever its split (a one-voice dataset: the split then chooses only the texts)."""
     grouped: dict[str, list[Voice]] = {}
-    for voice in list_voices(language, split):
-        if voice.backend in backends:
+    for voice in list_voices(language):
+        if (voice.backend in backends and voice.held_out == (split == "eval")) or voice.key in backends:
             grouped.setdefault(voice.backend, []).append(voice)
     return {name: tuple(voices) for name, voices in sorted(grouped.items())}
 

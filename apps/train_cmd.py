@@ -1,0 +1,132 @@
+"""`antiphon train`: the recipes that make the embedded models (docs/TRAINING.md).
+
+`codec` trains a Mimi-architecture codec on datasets of `antiphon data generate`; `lm` trains a
+multistream LM for one task on a codec's codes, or fine-tunes a published one (full or LoRA).
+Every run lives in its --out directory (state.pt, history.jsonl, loss.png, model/, eval.json) and
+resumes from it when started again with the same recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from antiphon.apps.devices import parse_device
+from antiphon.apps.help import Formatter
+
+
+def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
+    train = subparsers.add_parser(
+        "train", parents=common, formatter_class=Formatter, help="train the codec or a language model",
+        description="Train the embedded models from synthetic speech (see docs/TRAINING.md). A run writes "
+                    "OUT/state.pt every --save-every steps and resumes from it when run again with the same "
+                    "recipe; OUT/loss.png shows the curves, OUT/model/ holds the exported model and "
+                    "OUT/eval.json the evaluation at the end.",
+        epilog="examples:\n"
+               "  antiphon data generate --kind tts --out data/tts --count 2000\n"
+               "  antiphon train codec data/tts data/asr --out runs/codec --eval data/tts-eval\n"
+               "  antiphon train lm --task stt data/asr --codec runs/codec/model --out runs/stt --eval data/asr-eval")
+    actions = train.add_subparsers(title="models", metavar="MODEL", dest="model_kind", required=True)
+
+    codec = actions.add_parser(
+        "codec", parents=common, formatter_class=Formatter, help="train a Mimi-architecture codec",
+        description="Train a codec with Mimi's architecture (a smaller config) on the audio of DATA "
+                    "directories: multi-scale mel reconstruction loss, commitment loss, EMA codebooks. "
+                    "At the end, the codec is exported to OUT/model and evaluated (STOI, SNR at all its "
+                    "codebooks) on the --eval datasets.",
+        epilog="example:\n  antiphon train codec data/tts data/asr --out runs/codec --steps 6000 --eval data/tts-eval")
+    codec.add_argument("data", nargs="+", metavar="DATA", help="dataset directories (antiphon data generate)")
+    codec.add_argument("--out", required=True, metavar="DIR", help="run directory (created; resumed when it holds a run)")
+    _recipe_arguments(codec, _codec_recipe())
+    _run_arguments(codec)
+    codec.set_defaults(run=run_codec)
+
+    lm = actions.add_parser(
+        "lm", parents=common, formatter_class=Formatter, help="train or fine-tune a multistream LM",
+        description="Train a multistream LM for one --task on the codes of --codec (stt: text delayed behind "
+                    "the audio; tts: audio delayed behind the text; translation and dialogue: two audio "
+                    "streams, Hibiki and Moshi style), or fine-tune a published model (--init, a repo id or "
+                    "directory) fully or with low-rank adapters (--lora-rank R; merged into the exported "
+                    "weights). The tokenizer of a new model is trained on the generator's texts unless "
+                    "--tokenizer is given. At the end: OUT/model (config.json, weights, codec, tokenizer) "
+                    "and its evaluation on --eval (stt: word error rate; tts: word error rate of its speech "
+                    "by pocketsphinx and by --stt-model).",
+        epilog="examples:\n"
+               "  antiphon train lm --task stt data/asr --codec runs/codec/model --out runs/stt --eval data/asr-eval\n"
+               "  antiphon train lm --task tts data/tts-slt --codec runs/codec/model --out runs/tts \\\n"
+               "      --eval data/tts-eval --stt-model runs/stt/model\n"
+               "  antiphon train lm --task stt data/asr --init kyutai/stt-1b-en_fr --lora-rank 16 --out runs/stt-lora")
+    lm.add_argument("data", nargs="+", metavar="DATA", help="dataset directories (antiphon data generate)")
+    lm.add_argument("--out", required=True, metavar="DIR", help="run directory (created; resumed when it holds a run)")
+    lm.add_argument("--codec", metavar="MODEL", help="codec of a new model (directory or .safetensors)")
+    lm.add_argument("--tokenizer", metavar="FILE", help="SentencePiece model for a new model (default: trained here)")
+    lm.add_argument("--stt-model", metavar="MODEL", help="tts evaluation: the STT model that transcribes the speech")
+    _recipe_arguments(lm, _lm_recipe())
+    _run_arguments(lm)
+    lm.set_defaults(run=run_lm)
+
+
+def _codec_recipe():
+    from antiphon.train.codec_train import CodecRecipe
+
+    return CodecRecipe()
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser, recipe) -> None:
+    group = parser.add_argument_group("recipe (a resumed run must be given the same values)")
+    for field in dataclasses.fields(recipe):
+        default = getattr(recipe, field.name)
+        group.add_argument(f"--{field.name.replace('_', '-')}", type=type(default), default=default,
+                           metavar=field.name.upper(), help=f"(default: {default})")
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval", nargs="*", default=[], metavar="DIR", help="held-out datasets to evaluate on at the end")
+    parser.add_argument("--eval-count", type=int, default=50, metavar="N", help="examples per eval dataset (default: 50)")
+    parser.add_argument("--save-every", type=int, default=250, metavar="N", help="steps between saves (default: 250)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu); "
+                                                          "a run may resume on another device")
+
+
+def _recipe_from(args, recipe_type):
+    return recipe_type(**{f.name: getattr(args, f.name) for f in dataclasses.fields(recipe_type)})
+
+
+def _threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def run_codec(args) -> int:
+    from antiphon.train.codec_train import CodecRecipe, train_codec
+
+    _threads(args)
+    results = train_codec(args.data, args.out, _recipe_from(args, CodecRecipe), eval_dirs=args.eval,
+                          eval_count=args.eval_count, save_every=args.save_every, device=parse_device(args.device))
+    print(json.dumps(results, indent=2) if results else f"trained: {args.out}/model")
+    return 0
+
+
+def _lm_recipe():
+    from antiphon.train.lm_train import LMRecipe
+
+    return LMRecipe()
+
+
+def run_lm(args) -> int:
+    from antiphon.train.lm_train import LMRecipe, train_lm
+
+    _threads(args)
+    if args.codec is None and not args.init:
+        from antiphon.errors import InputError
+
+        raise InputError("give --codec (the codec whose codes a new model reads and writes) or --init MODEL")
+    results = train_lm(args.data, args.out, _recipe_from(args, LMRecipe), codec_source=args.codec,
+                       eval_dirs=args.eval, eval_count=args.eval_count, save_every=args.save_every,
+                       tokenizer=args.tokenizer, stt_model=args.stt_model, device=parse_device(args.device))
+    print(json.dumps(results, indent=2) if results else f"trained: {args.out}/model")
+    return 0

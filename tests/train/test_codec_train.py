@@ -1,0 +1,102 @@
+"""The codec trainer: EMA quantizer, a resumed run equals an uninterrupted one, export and evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from antiphon.codec import Codec
+from antiphon.codec.quantizer import ResidualVQ
+from antiphon.errors import InputError
+from antiphon.train.codec_train import TINY, CodecRecipe, train_codec
+from antiphon.train.losses import MultiScaleMelLoss, mel_filters
+from antiphon.train.vq import EmaResidualVQ
+
+RECIPE = CodecRecipe(size="tiny", steps=4, batch=2, segment_frames=2, warmup=2)
+
+
+def test_ema_quantizer_picks_the_codes_the_codec_encodes():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(dim=8, codebook_dim=4, codebook_size=16, n_q=3)
+    latent = torch.randn(2, 5, 8)
+    quantized, _ = EmaResidualVQ(rvq)(latent, 3, update=False)
+    codes = rvq.encode(latent, 3)
+    torch.testing.assert_close(quantized, rvq.decode(codes), rtol=1e-5, atol=1e-5)
+
+
+def test_ema_codebooks_converge_on_clustered_data():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(dim=4, codebook_dim=4, codebook_size=4, n_q=1)
+    with torch.no_grad():
+        rvq.input_proj.weight.copy_(torch.eye(4))
+        rvq.output_proj.weight.copy_(torch.eye(4))
+    centers = torch.eye(4) * 5
+    ema = EmaResidualVQ(rvq, decay=0.8)
+    errors = []
+    for _ in range(60):
+        data = centers[torch.randint(4, (64,))] + 0.05 * torch.randn(64, 4)
+        _, commitment = ema(data[None], 1, update=True)
+        errors.append(commitment.item())
+    assert errors[-1] < 0.05 < errors[0]
+    # every center has a centroid next to it
+    distances = torch.cdist(centers, rvq.codebooks[0])
+    assert distances.min(dim=1).values.max() < 0.5
+
+
+def test_mel_loss_is_zero_for_equal_signals_and_grows_with_noise():
+    loss = MultiScaleMelLoss(24000)
+    wav = torch.sin(torch.arange(4800) / 10.0)[None, None]
+    assert loss(wav, wav).item() == 0.0
+    small = loss(wav + 0.01 * torch.randn_like(wav), wav).item()
+    large = loss(wav + 0.3 * torch.randn_like(wav), wav).item()
+    assert 0 < small < large
+    filters = mel_filters(512, 32, 24000)
+    assert filters.shape == (32, 257) and (filters.sum(1) > 0).all()
+
+
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, speech_dir):
+    # a run stopped after 2 steps, then resumed with more: --steps may change on resume; with all
+    # steps inside the warmup the schedule does not depend on it, so both runs see the same rates
+    recipe = CodecRecipe(**{**RECIPE.__dict__, "warmup": 10})
+    train_codec([speech_dir], tmp_path / "straight", recipe, save_every=2, progress=False)
+    interrupted = tmp_path / "resumed"
+    train_codec([speech_dir], interrupted, CodecRecipe(**{**recipe.__dict__, "steps": 2}), save_every=2, progress=False)
+    train_codec([speech_dir], interrupted, recipe, save_every=2, progress=False)
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
+    b = torch.load(interrupted / "state.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0, msg=key)
+    history = [json.loads(line)["step"] for line in (interrupted / "history.jsonl").read_text().splitlines()]
+    assert history == sorted(set(history))  # no step logged twice
+
+
+def test_export_loads_and_is_evaluated(tmp_path, speech_dir):
+    results = train_codec([speech_dir], tmp_path / "run", RECIPE, eval_dirs=[speech_dir], eval_count=2, progress=False)
+    codec = Codec.from_pretrained(tmp_path / "run" / "model", num_codebooks=TINY.n_q)
+    assert codec.config == TINY
+    assert results[speech_dir]["examples"] == 2 and 0.0 <= results[speech_dir]["stoi"] <= 1.0
+    assert results["kbps"] == pytest.approx(TINY.n_q * 6 * 12.5 / 1000)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["steps"] == 4
+
+
+def test_another_recipe_in_the_same_directory_is_refused(tmp_path, speech_dir):
+    train_codec([speech_dir], tmp_path, CodecRecipe(**{**RECIPE.__dict__, "steps": 1}), progress=False)
+    with pytest.raises(InputError, match="another recipe.*lr"):
+        train_codec([speech_dir], tmp_path, CodecRecipe(**{**RECIPE.__dict__, "lr": 0.5}), progress=False)
+
+
+def test_unknown_size_and_missing_data_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown codec size"):
+        train_codec([str(tmp_path)], tmp_path / "a", CodecRecipe(size="huge"), progress=False)
+    with pytest.raises(InputError, match="not a dataset directory"):
+        train_codec([str(tmp_path / "nothing")], tmp_path / "b", RECIPE, progress=False)
+
+
+def test_every_weight_of_the_codec_trains():
+    # weights stored in the small-batch layout (kernels/layout.py) once came out frozen
+    codec = Codec(TINY, num_codebooks=TINY.n_q)
+    assert [n for n, p in codec.named_parameters() if not p.requires_grad] == []

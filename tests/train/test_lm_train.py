@@ -1,0 +1,161 @@
+"""The LM trainer: stream layouts the front-ends read, loss, resume, export, LoRA and fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from antiphon.errors import InputError
+from antiphon.lm import LM
+from antiphon.train import lora, streams
+from antiphon.train.codec_train import CodecRecipe, train_codec
+from antiphon.train.lm_train import LMRecipe, init_weights, lm_loss, model_config, train_lm
+from tests.streaming.tiny_pair import LetterTokenizer
+
+TINY = LMRecipe(size="tiny", steps=4, batch=2, seq_steps=24, warmup=10)
+
+
+@pytest.fixture(scope="module")
+def codec_dir(tmp_path_factory, speech_dir):
+    out = tmp_path_factory.mktemp("codec")
+    train_codec([speech_dir], out, CodecRecipe(size="tiny", steps=1, batch=1, segment_frames=2), progress=False)
+    return str(out / "model")
+
+
+# ---------------------------------------------------------------------- layouts
+def test_stt_text_is_delayed_behind_the_words():
+    words = [("ab", 0.0, 0.2), ("cde", 0.4, 0.6)]
+    row = streams.text_stream(LetterTokenizer(), words, 20, delay_steps=3)
+    tok = LetterTokenizer().encode
+    # "ab": WORD at floor(0 * 12.5) + 3 = 3, pieces at 4, 5; "cde": at floor(0.4 * 12.5) + 3 = 8
+    assert row[3] == streams.WORD and row[4:6].tolist() == tok("ab")
+    assert row[8] == streams.WORD and row[9:12].tolist() == tok("cde")
+    assert set(row[[0, 1, 2, 6, 7, 12]].tolist()) == {streams.PAD}
+
+
+def test_a_word_whose_step_is_taken_starts_at_the_first_free_one():
+    words = [("abc", 0.0, 0.1), ("d", 0.08, 0.2)]  # "d" would start at step 1, inside "abc"
+    row = streams.text_stream(LetterTokenizer(), words, 12)
+    assert row[0] == streams.WORD and row[4] == streams.WORD
+
+
+def test_tts_layout_follows_the_padding_machine_and_delays_the_audio():
+    words = [("ab", 0.0, 0.2), ("c", 0.1, 0.3)]
+    audio = torch.arange(2 * 6).view(2, 6)
+    seq = streams.build("tts", LetterTokenizer(), [audio], [words], delay_steps=3)
+    assert seq.shape == (3, 9)
+    text = seq[0]
+    # initial padding 2; after "ab" (2 pieces): padding_between + 2 - 1 = 2 forced pads
+    assert text[2] == streams.WORD and text[7] == streams.WORD
+    assert (seq[1:, :3] == -1).all() and torch.equal(seq[1:, 3:], audio)
+
+
+def test_two_channel_layout_puts_the_output_speaker_first():
+    out, inp = torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
+    seq = streams.build("dialogue", LetterTokenizer(), [out, inp], [[("a", 0.0, 0.1)], []], 0)
+    assert seq.shape == (5, 5) and (seq[1:3] == 0).all() and (seq[3:] == 1).all()
+
+
+def test_crop_pads_short_sequences_with_the_zero_token():
+    seqs = [torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 30, dtype=torch.long)]
+    batch = streams.crop_batch(seqs, 10, np.random.default_rng(0))
+    assert batch.shape == (2, 3, 10)
+    assert (batch[0, :, 4:] == -1).all() and (batch[1] == 1).all()
+
+
+# ---------------------------------------------------------------------- training
+@pytest.mark.parametrize("task", streams.TASKS)
+def test_the_loss_of_each_task_falls_when_fitting_one_batch(task):
+    torch.manual_seed(0)
+    model = init_weights(LM(model_config(dataclasses.replace(TINY, task=task, codebooks=2), text_card=40, card=16)))
+    k = model.config.n_q
+    batch = torch.randint(0, 16, (2, 1 + k, 12))
+    batch[:, 0] = torch.randint(0, 40, (2, 12))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(60):
+        loss, parts = lm_loss(model, batch)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * first
+    assert ("audio" in parts) == (task != "stt")
+
+
+def test_stt_run_resumes_exports_and_is_evaluated(tmp_path, speech_dir, codec_dir):
+    straight = train_lm([speech_dir], tmp_path / "a", TINY, codec_dir, progress=False)
+    assert straight == {}
+    resumed = tmp_path / "b"
+    train_lm([speech_dir], resumed, dataclasses.replace(TINY, steps=2), codec_dir, progress=False)
+    results = train_lm([speech_dir], resumed, TINY, codec_dir, eval_dirs=[speech_dir], eval_count=2, progress=False)
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=False)["model"]
+    b = torch.load(resumed / "state.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    lm = LM.from_pretrained(resumed / "model")
+    assert lm.config.model_type == "stt" and lm.tokenizer.vocab_size() == lm.config.text_card
+    assert lm.codec.num_codebooks >= lm.config.n_q
+    assert results[speech_dir]["examples"] == 2 and results[speech_dir]["wer"] >= 0
+
+
+def test_lora_fine_tunes_a_published_model_and_merges(tmp_path, speech_dir, codec_dir):
+    train_lm([speech_dir], tmp_path / "base", dataclasses.replace(TINY, steps=1), codec_dir, progress=False)
+    base = tmp_path / "base" / "model"
+    recipe = dataclasses.replace(TINY, steps=3, init=str(base), lora_rank=2, lr=1e-2)
+    train_lm([speech_dir], tmp_path / "lora", recipe, None, progress=False)
+    before, after = LM.from_pretrained(base).state_dict(), LM.from_pretrained(tmp_path / "lora" / "model").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("transformer.") for k in changed)  # adapters only touch the transformer
+
+
+def test_lora_starts_as_the_base_model_and_merging_keeps_its_outputs():
+    torch.manual_seed(0)
+    model = init_weights(LM(model_config(dataclasses.replace(TINY, codebooks=2), text_card=40, card=16)))
+    codes = torch.randint(0, 16, (1, 3, 8))
+    reference = model(codes).text_logits.detach()
+    total = sum(p.numel() for p in model.parameters())
+    trained = lora.add_lora(model, rank=2)
+    assert 0 < trained < total // 2
+    torch.testing.assert_close(model(codes).text_logits, reference)
+    with torch.no_grad():
+        for module, _ in lora.targets(model):
+            for delta in module.parametrizations.values():
+                delta[0].up.normal_()
+    adapted = model(codes).text_logits.detach()
+    lora.merge(model)
+    assert not any("parametrizations" in k for k in model.state_dict())
+    torch.testing.assert_close(model(codes).text_logits, adapted, rtol=1e-4, atol=1e-4)
+
+
+def test_recipe_errors_are_clear(tmp_path, speech_dir, codec_dir):
+    with pytest.raises(InputError, match="unknown task"):
+        train_lm([speech_dir], tmp_path / "a", dataclasses.replace(TINY, task="sing"), codec_dir, progress=False)
+    with pytest.raises(InputError, match="--init"):
+        train_lm([speech_dir], tmp_path / "b", dataclasses.replace(TINY, lora_rank=4), codec_dir, progress=False)
+    with pytest.raises(InputError, match="two-channel"):
+        train_lm([speech_dir], tmp_path / "c", dataclasses.replace(TINY, task="dialogue"), codec_dir, progress=False)
+
+
+def test_dialogue_trains_on_two_channel_examples(tmp_path, dialogue_dir, codec_dir):
+    train_lm([dialogue_dir], tmp_path, dataclasses.replace(TINY, task="dialogue", steps=2), codec_dir, progress=False)
+    lm = LM.from_pretrained(tmp_path / "model")
+    assert lm.config.model_type == "moshi" and lm.config.dep_q * 2 == lm.config.n_q
+
+
+def test_every_weight_of_a_new_lm_trains():
+    model = LM(model_config(dataclasses.replace(TINY, task="tts"), text_card=40, card=16))
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == []
+
+
+def test_translation_marks_the_end_of_the_source_and_of_the_target():
+    target, source = torch.zeros(2, 30, dtype=torch.long), torch.ones(2, 30, dtype=torch.long)
+    words = [[("ab", 0.4, 0.9)], [("c", 0.0, 0.5)]]
+    seq = streams.build("translation", LetterTokenizer(), [target, source], words, 0, card=16)
+    end_of_input = int(np.ceil((0.5 + streams.END_LAG_S) * 12.5))  # 10
+    assert (seq[3:, end_of_input] == 16).all() and (seq[3:, :end_of_input] == 1).all()
+    # EOS the step after the end of input and after the target's last word ends
+    assert seq[0, 13] == streams.EOS and (seq[0] == streams.EOS).sum() == 1  # ceil(0.9 * 12.5) + 1

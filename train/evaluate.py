@@ -1,0 +1,161 @@
+"""Evaluation of the trained models on held-out voices and sentences (MODELS.md's quality bars):
+word error rates of transcripts (ours, and pocketsphinx as an independent recognizer of our speech)
+and exact-match rates of translations, through the same front-ends the commands use."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from antiphon.train.shards import iter_examples
+
+_NOT_WORD = re.compile(r"[^\w']+")
+
+
+def normalize(text: str) -> list[str]:
+    """Lowercase words, punctuation dropped (apostrophes kept)."""
+    return [w.strip("'") for w in _NOT_WORD.sub(" ", text.lower()).split() if w.strip("'")]
+
+
+def edit_distance(ref: list[str], hyp: list[str]) -> int:
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def word_error_rate(pairs: list[tuple[str, str]]) -> float:
+    """Corpus WER over (reference, hypothesis) texts: total edits / total reference words."""
+    edits = sum(edit_distance(normalize(r), normalize(h)) for r, h in pairs)
+    return edits / max(1, sum(len(normalize(r)) for r, _ in pairs))
+
+
+def pocketsphinx_transcribe(pcm: np.ndarray, sample_rate: int) -> str:
+    """English speech -> text by pocketsphinx's default US English model, at 16 kHz."""
+    from pocketsphinx import Decoder
+
+    from antiphon.apps.audio_io import resample
+
+    audio = resample(pcm.astype(np.float32)[None], sample_rate, 16000)[0]
+    decoder = Decoder(samprate=16000, loglevel="FATAL")
+    decoder.start_utt()
+    decoder.process_raw((np.clip(audio, -1, 1) * 32767).astype(np.int16).tobytes(), full_utt=True)
+    decoder.end_utt()
+    hyp = decoder.hyp()
+    return hyp.hypstr if hyp is not None else ""
+
+
+def _examples(data_dir: str, count: int, progress: bool, what: str):
+    bar = tqdm(total=count, desc=f"{what} {data_dir}", disable=not progress)
+    for example, _ in zip(iter_examples(data_dir), range(count)):
+        yield example
+        bar.update(1)
+    bar.close()
+
+
+def evaluate_stt(lm, eval_dirs: list[str], count: int, progress: bool = True) -> dict:
+    from antiphon.apps.transcribe_cmd import transcribe
+
+    out = {}
+    for data_dir in eval_dirs:
+        pairs, by_language = [], {}
+        for example in _examples(data_dir, count, progress, "stt"):
+            hyp = " ".join(w["text"] for w in transcribe(lm, example.pcm[0]))
+            pair = (example.channels[0].text, hyp)
+            pairs.append(pair)
+            by_language.setdefault(example.channels[0].language, []).append(pair)
+        out[data_dir] = {"examples": len(pairs), "wer": round(word_error_rate(pairs), 4),
+                         "wer_by_language": {k: round(word_error_rate(v), 4) for k, v in sorted(by_language.items())},
+                         "samples": [{"ref": r, "hyp": h} for r, h in pairs[:5]]}
+    return out
+
+
+def evaluate_tts(lm, eval_dirs: list[str], count: int, stt_model: str | None, progress: bool = True) -> dict:
+    """Speak each example's text; transcribe it with pocketsphinx (English) and with our STT."""
+    from antiphon.apps.speak_cmd import speak
+    from antiphon.apps.transcribe_cmd import transcribe
+
+    stt = None
+    if stt_model:
+        from antiphon.lm import LM
+
+        stt = LM.from_pretrained(stt_model)
+    out = {}
+    for data_dir in eval_dirs:
+        ours, sphinx = [], []
+        for i, example in enumerate(_examples(data_dir, count, progress, "tts")):
+            text = example.channels[0].text
+            pcm, _ = speak(lm, text, cfg=None, seed=i)
+            pcm = pcm[0]
+            if stt is not None:
+                ours.append((text, " ".join(w["text"] for w in transcribe(stt, pcm))))
+            if example.channels[0].language == "en":
+                sphinx.append((text, pocketsphinx_transcribe(pcm, lm.codec.sample_rate)))
+        result = {"examples": i + 1 if count else 0}
+        if ours:
+            result["wer_our_stt"] = round(word_error_rate(ours), 4)
+            result["samples_our_stt"] = [{"ref": r, "hyp": h} for r, h in ours[:5]]
+        if sphinx:
+            result["wer_pocketsphinx_en"] = round(word_error_rate(sphinx), 4)
+            result["pocketsphinx_examples"] = len(sphinx)
+            result["samples_pocketsphinx"] = [{"ref": r, "hyp": h} for r, h in sphinx[:5]]
+        out[data_dir] = result
+    return out
+
+
+def evaluate_translation(lm, eval_dirs: list[str], count: int, progress: bool = True) -> dict:
+    """Exact match of the whole translation (normalized words) through the streaming Translator: the
+    source, its end-of-input frame, then silence until the model's EOS (or 10 s)."""
+    import torch
+
+    from antiphon.lm.tasks import Translator
+
+    codec = lm.codec
+    codec.num_codebooks = lm.config.n_q - lm.config.dep_q
+    tokenizer = lm.tokenizer
+    silence = codec.encode(torch.zeros(1, 1, codec.frame_size))  # [1, K, 1]
+    out = {}
+    for data_dir in eval_dirs:
+        pairs = []
+        for example in _examples(data_dir, count, progress, "translation"):
+            source = codec.encode(torch.from_numpy(example.pcm[1])[None, None])  # [1, K, F]
+            translator = Translator(lm, 1, temp=0.0, temp_text=0.0)
+            frames = [source[..., f:f + 1] for f in range(source.shape[-1])] + [translator.end_of_input()]
+            frames += [silence] * 125
+            pieces = []
+            with torch.inference_mode():
+                for frame in frames:
+                    step = translator.step(frame)
+                    if step is None:
+                        continue
+                    if bool(step.is_end[0]):
+                        break
+                    if bool(step.is_word[0]):
+                        pieces.append(int(step.text[0]))
+            pairs.append((example.channels[0].text, tokenizer.decode(pieces)))
+        exact = sum(normalize(r) == normalize(h) for r, h in pairs)
+        out[data_dir] = {"examples": len(pairs), "exact_match": round(exact / max(1, len(pairs)), 4),
+                         "wer": round(word_error_rate(pairs), 4), "samples": [{"ref": r, "hyp": h} for r, h in pairs[:5]]}
+    return out
+
+
+def evaluate_lm(model_dir, task: str, eval_dirs: list[str], count: int, stt_model: str | None = None,
+                progress: bool = True) -> dict:
+    from antiphon.lm import LM
+
+    started = time.perf_counter()
+    lm = LM.from_pretrained(model_dir)
+    if task == "stt":
+        results = evaluate_stt(lm, eval_dirs, count, progress)
+    elif task == "tts":
+        results = evaluate_tts(lm, eval_dirs, count, stt_model, progress)
+    elif task == "translation":
+        results = evaluate_translation(lm, eval_dirs, count, progress)
+    else:
+        results = {"note": "dialogue has no end-to-end evaluation yet (MODELS.md)"}
+    return results | {"eval_s": round(time.perf_counter() - started, 1)}

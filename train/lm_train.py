@@ -1,0 +1,267 @@
+"""`antiphon train lm`: a multistream LM for one task, teacher-forced on a codec's codes of synthetic
+speech (train/streams.py lays the streams out as the task's front-end reads them), or a published
+model fine-tuned the same way, fully or with low-rank adapters (train/lora.py).
+
+Loss: cross-entropy of the output streams only (DSM: the text for stt; text actions and audio for
+tts, translation and dialogue), over the positions `LM.forward` marks valid. The codes of every
+dataset are computed once per codec and kept in OUT/codes-<dataset>.pt. Batches depend only on
+(seed, step): a resumed run is the run that was not interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from antiphon.errors import InputError
+from antiphon.lm import LM, LMConfig
+from antiphon.train import lora, streams
+from antiphon.train.run_dir import RunDir, rng_state, set_rng_state
+from antiphon.train.shards import iter_examples, read_manifest
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_NAME = "tokenizer.model"
+CODEC_NAME, CODEC_CONFIG_NAME = "codec.safetensors", "codec.json"  # beside a new model
+TEXT_DELAY_S = 0.48  # stt: text 6 steps behind the audio (Kyutai stt-1b-en_fr: 0.5 s)
+AUDIO_DELAY_S = 0.96  # tts: audio 12 steps behind the text
+
+
+@dataclasses.dataclass
+class LMRecipe:
+    task: str = "stt"
+    size: str = "small"
+    codebooks: int = 4  # audio codebooks per stream
+    steps: int = 3000
+    batch: int = 16
+    seq_steps: int = 112  # 9 s
+    lr: float = 2e-3
+    warmup: int = 100
+    init: str = ""  # fine-tune this model (repo id or directory) instead of a new one
+    lora_rank: int = 0  # > 0: train low-rank adapters only (with --init)
+    seed: int = 0
+
+
+def model_config(recipe: LMRecipe, text_card: int, card: int) -> LMConfig:
+    """A new model of `recipe.task` at `recipe.size`, reading and writing `codebooks` codebooks of `card`."""
+    sizes = {"small": dict(dim=192, num_heads=4, num_layers=4, hidden_scale=4.0, depformer_dim=128,
+                           depformer_num_heads=4, depformer_num_layers=2, depformer_dim_feedforward=512),
+             "tiny": dict(dim=32, num_heads=2, num_layers=1, hidden_scale=2.0, depformer_dim=16,
+                          depformer_num_heads=2, depformer_num_layers=1, depformer_dim_feedforward=32)}
+    if recipe.size not in sizes:
+        raise InputError(f"unknown LM size {recipe.size!r}: choose from {', '.join(sizes)}")
+    k = recipe.codebooks
+    acoustic = [0] + [1] * (k - 1)  # codebook 0 (semantic) leads the acoustic ones by a step
+    task = {
+        "stt": dict(n_q=k, dep_q=0, delays=(0,) * (1 + k), model_type="stt",
+                    stt_config={"audio_delay_seconds": TEXT_DELAY_S}),
+        "tts": dict(n_q=k, dep_q=k, delays=(0, *acoustic), model_type="tts",
+                    tts_config={"audio_delay": AUDIO_DELAY_S, "second_stream_ahead": 0}),
+        "translation": dict(n_q=2 * k, dep_q=k, delays=(0, *acoustic, *acoustic), model_type="hibiki"),
+        "dialogue": dict(n_q=2 * k, dep_q=k, delays=(0, *acoustic, *acoustic), model_type="moshi"),
+    }[recipe.task]
+    return LMConfig(**sizes[recipe.size], **task, context=250, text_card=text_card, card=card,
+                    depformer_weights_per_step=False, depformer_multi_linear=True, depformer_pos_emb="none",
+                    tokenizer_name=TOKENIZER_NAME, mimi_name=CODEC_NAME, mimi_config_name=CODEC_CONFIG_NAME,
+                    moshi_name="model.safetensors")
+
+
+def delay_steps(config: LMConfig) -> int:
+    if config.model_type == "stt":
+        return round(config.stt_config.get("audio_delay_seconds", 0.0) * streams.FRAME_RATE)
+    if config.model_type == "tts":
+        return round(config.tts_config["audio_delay"] * streams.FRAME_RATE)
+    return 0
+
+
+def encode_dataset(codec, data_dir: str, cache: Path, progress: bool = True) -> list[dict]:
+    """Every example's channels -> codes int16 [C, K, F], with its words; cached in `cache`."""
+    if cache.exists():
+        return torch.load(cache, weights_only=False)
+    manifest = read_manifest(data_dir)
+    if manifest["sample_rate"] != codec.sample_rate:
+        raise InputError(f"{data_dir} is at {manifest['sample_rate']} Hz, the codec at {codec.sample_rate} Hz")
+    out = []
+    with torch.inference_mode():
+        for example in tqdm(iter_examples(data_dir), total=manifest["count"], desc=f"encode {data_dir}",
+                            disable=not progress):
+            codes = codec.encode(torch.from_numpy(example.pcm)[:, None])  # [C, K, F]
+            out.append({"codes": codes.to(torch.int16), "words": [c.words for c in example.channels],
+                        "text": [c.text for c in example.channels], "language": example.channels[0].language,
+                        "info": example.info})
+    torch.save(out, cache)
+    return out
+
+
+def lm_loss(model: LM, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of the output streams over their valid positions."""
+    out = model(batch)
+    text_target = batch[:, :1]
+    text = F.cross_entropy(out.text_logits[out.text_mask], text_target[out.text_mask])
+    parts = {"text": text}
+    loss = text
+    dep_q = model.config.dep_q
+    if dep_q:
+        target = batch[:, 1:1 + dep_q]
+        audio = F.cross_entropy(out.logits[out.mask], target[out.mask])
+        parts["audio"] = audio
+        loss = loss + audio
+    return loss, parts
+
+
+def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str, eval_dirs: list[str] = (),
+             eval_count: int = 50, save_every: int = 250, log_every: int = 10, tokenizer: str | None = None,
+             stt_model: str | None = None, progress: bool = True, device: str | torch.device = "cpu") -> dict:
+    """Train (or resume) into `out` on `device`; returns the evaluation (empty without eval_dirs)."""
+    from antiphon.codec import Codec
+
+    if recipe.task not in streams.TASKS:
+        raise InputError(f"unknown task {recipe.task!r}: choose from {', '.join(streams.TASKS)}")
+    if recipe.lora_rank and not recipe.init:
+        raise InputError("--lora-rank adapts a published model: give --init MODEL")
+    run = RunDir(out)
+    resuming = run.start(dataclasses.asdict(recipe) | {"codec": str(codec_source)})
+    if recipe.init:
+        model, codec, tokenizer_path = _published(recipe)
+    else:
+        codec = Codec.from_pretrained(codec_source, num_codebooks=recipe.codebooks)
+        tokenizer_path = _tokenizer(run, tokenizer)
+        model = _new_model(recipe, tokenizer_path, codec)
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    logger.info("%s model: %.2f M parameters, %.2f M trained", recipe.task,
+                sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in trainable) / 1e6)
+    optimizer = torch.optim.AdamW(trainable, lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    from antiphon.train.codec_train import _warmup_cosine
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe.warmup, recipe.steps))
+    step = 0
+    if resuming:
+        state = run.load()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        run.truncate_history(step)
+        logger.info("resuming %s at step %d of %d", out, step, recipe.steps)
+    sp = _load_sentencepiece(tokenizer_path)
+    delay = delay_steps(model.config)
+    sequences = []
+    for data_dir in data_dirs:
+        for item in encode_dataset(codec, data_dir, run.path / f"codes-{Path(data_dir).name}.pt", progress):
+            codes = [c.long() for c in item["codes"]]
+            if recipe.task in ("translation", "dialogue") and len(codes) < 2:
+                raise InputError(f"{data_dir}: {recipe.task} needs two-channel examples")
+            sequences.append(streams.build(recipe.task, sp, codes, item["words"], delay, codec.cardinality))
+    logger.info("%d training sequences from %s", len(sequences), ", ".join(data_dirs))
+    model.train()
+
+    def save() -> None:
+        run.save({"model": model.state_dict(), "step": step, "optimizer": optimizer.state_dict(),
+                  "schedule": schedule.state_dict(), "rng": rng_state()})
+        run.plot(f"{recipe.task} LM training")
+
+    with tqdm(total=recipe.steps, initial=step, desc=f"train {recipe.task}", unit="step", disable=not progress) as bar:
+        while step < recipe.steps:
+            torch.manual_seed(recipe.seed * 1_000_003 + step)
+            rng = np.random.default_rng([recipe.seed, step])
+            picks = rng.integers(len(sequences), size=recipe.batch)
+            batch = streams.crop_batch([sequences[i] for i in picks], recipe.seq_steps, rng).to(device)
+            loss, parts = lm_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            schedule.step()
+            step += 1
+            bar.update(1)
+            if step % log_every == 0 or step == recipe.steps:
+                record = {"step": step, "loss": round(loss.item(), 5)} | {k: round(v.item(), 5) for k, v in parts.items()}
+                run.log(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if step % save_every == 0 or step == recipe.steps:
+                save()
+    export(model, codec, tokenizer_path, run.model_path)
+    if not eval_dirs:
+        return {}
+    from antiphon.train.evaluate import evaluate_lm
+
+    results = evaluate_lm(run.model_path, recipe.task, list(eval_dirs), eval_count, stt_model=stt_model,
+                          progress=progress) | {"steps": step}
+    run.write_eval(results)
+    return results
+
+
+def export(model: LM, codec, tokenizer_path: Path, directory: Path) -> None:
+    """A model repository: config.json, the weights (adapters merged), the codec and the tokenizer beside,
+    under the names the config gives them."""
+    lora.merge(model)
+    model.eval()
+    model.save_pretrained(directory)
+    cfg = model.config
+    weights = codec.save_pretrained(directory / "codec-tmp")
+    shutil.move(weights, directory / cfg.mimi_name)
+    config = weights.with_suffix(".json")
+    if config.exists():
+        shutil.move(config, directory / (cfg.mimi_config_name or Path(cfg.mimi_name).with_suffix(".json").name))
+    shutil.rmtree(directory / "codec-tmp")
+    shutil.copy(tokenizer_path, directory / cfg.tokenizer_name)
+
+
+def _published(recipe: LMRecipe):
+    """The model to fine-tune, its codec (as many codebooks as one of its streams) and tokenizer file."""
+    model = LM.from_pretrained(recipe.init, device="cpu", dtype=torch.float32)
+    cfg = model.config
+    task = {"stt": "stt", "tts": "tts", "hibiki": "translation"}.get(cfg.model_type, "dialogue")
+    if task != recipe.task:
+        raise InputError(f"{recipe.init} is a {task} model (model_type {cfg.model_type!r}), not a {recipe.task} one")
+    codec = model.codec
+    codec.num_codebooks = cfg.dep_q or cfg.n_q
+    tokenizer_path = model.source.fetch(cfg.tokenizer_name)
+    if recipe.lora_rank:
+        lora.add_lora(model, recipe.lora_rank)
+    return model, codec, tokenizer_path
+
+
+def _tokenizer(run: RunDir, given: str | None) -> Path:
+    path = run.path / TOKENIZER_NAME
+    if given:
+        if not Path(given).is_file():
+            raise InputError(f"tokenizer not found: {given}")
+        if not path.exists():
+            shutil.copy(given, path)
+    elif not path.exists():
+        from antiphon.train.tokenizer import train_tokenizer
+
+        train_tokenizer(path)
+    return path
+
+
+def _new_model(recipe: LMRecipe, tokenizer_path: Path, codec) -> LM:
+    text_card = _load_sentencepiece(tokenizer_path).vocab_size()
+    torch.manual_seed(recipe.seed)
+    return init_weights(LM(model_config(recipe, text_card, codec.cardinality)))
+
+
+def init_weights(model: LM) -> LM:
+    """A new model's weights: Normal(0, 0.02) matrices and embeddings (LM builds them uninitialised);
+    norms and layer scales keep their built values."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02)
+    return model
+
+
+def _load_sentencepiece(path: Path):
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=str(path))
