@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from antiphon.apps.devices import parse_device
-from antiphon.apps.audio_io import read_audio_native, resample, write_wav
+from antiphon.audio_io import read_audio_native, resample, write_wav
 from antiphon.apps.help import Formatter
 from antiphon.errors import InputError
 

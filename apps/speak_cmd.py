@@ -57,7 +57,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
 
 
 def run_speak(args: argparse.Namespace) -> int:
-    from antiphon.apps.audio_io import write_wav
+    from antiphon.audio_io import write_wav
     from antiphon.apps.codec_cmd import _check_output
     from antiphon.apps.transcribe_cmd import check_local_or_url, load_lm
 

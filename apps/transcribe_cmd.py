@@ -55,7 +55,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from antiphon.apps.audio_io import read_audio
+    from antiphon.audio_io import read_audio
 
     check_local_or_url(args)
     pcm = read_audio(args.input, SAMPLE_RATE, mono=True)[0]  # before loading the model: a bad file fails fast

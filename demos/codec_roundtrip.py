@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from antiphon.apps.audio_io import read_audio, write_wav
+from antiphon.audio_io import read_audio, write_wav
 from antiphon.codec import Codec
 
 SAMPLE = Path(__file__).with_name("sample.wav")

@@ -474,7 +474,7 @@ def _decode_audio_file(body: bytes) -> np.ndarray:
     """Audio file bytes (wav, flac, ogg, mp3) -> float32 mono PCM at 24 kHz."""
     import tempfile
 
-    from antiphon.apps.audio_io import read_audio
+    from antiphon.audio_io import read_audio
 
     if not body:
         raise InputError("the request body is empty: POST an audio file")

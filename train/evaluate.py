@@ -39,7 +39,7 @@ def pocketsphinx_transcribe(pcm: np.ndarray, sample_rate: int) -> str:
     """English speech -> text by pocketsphinx's default US English model, at 16 kHz."""
     from pocketsphinx import Decoder
 
-    from antiphon.apps.audio_io import resample
+    from antiphon.audio_io import resample
 
     audio = resample(pcm.astype(np.float32)[None], sample_rate, 16000)[0]
     decoder = Decoder(samprate=16000, loglevel="FATAL")

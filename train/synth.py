@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from antiphon.apps.audio_io import resample
+from antiphon.audio_io import resample
 from antiphon.errors import AntiphonError, InputError
 from antiphon.train import alignment
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from antiphon import __version__
 from antiphon.apps import codec_cmd
-from antiphon.apps.audio_io import read_audio, write_wav
+from antiphon.audio_io import read_audio, write_wav
 from antiphon.apps.cli import main
 from antiphon.codec import Codec
 from antiphon.codec.codes_file import load_codes, save_codes

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from antiphon.apps.audio_io import read_audio, write_wav
+from antiphon.audio_io import read_audio, write_wav
 from antiphon.apps.cli import main
 from antiphon.streaming.kyutai_protocol import Eos, Error, Marker, Text, Voice, build
 from tests.codec.tiny import make_tiny_codec

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from antiphon.apps.audio_io import read_audio, read_audio_native, resample, write_wav
+from antiphon.audio_io import read_audio, read_audio_native, resample, write_wav
 from antiphon.errors import InputError
 
 

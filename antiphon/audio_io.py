@@ -1,4 +1,4 @@
-"""Reading and writing audio files for the command line.
+"""Reading, writing and resampling audio files (the commands, the server and the data generator use it).
 
 `read_audio` decodes wav, flac, ogg (vorbis) and mp3 through sphn, or a file piped on standard input
 when the path is "-", and returns float32 PCM [C, T] at the asked sample rate. Resampling goes
