@@ -1,10 +1,10 @@
-# A fresh machine needs two commands (README): `make demo` runs the main job, `make test` the tests.
+# A fresh machine needs two commands (README): `make serve` runs the main job, `make test` the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-MODEL ?= kyutai/moshiko-pytorch-bf16
+MODEL ?= embedded:stt
 
-.PHONY: system setup reference test test-all demo clean
+.PHONY: system setup reference test test-all serve demo clean
 
 ## system: the Debian packages the synthetic-data tests and `antiphon talk` use (train/apt-packages.txt,
 ## libportaudio2), installed with apt-get when missing; without apt-get or root, a warning (their tests skip)
@@ -41,9 +41,15 @@ test: system setup reference
 test-all: system setup reference
 	$(BIN)/python -m pytest -q -m ''
 
-## demo: a codec round trip of the bundled sample (MODEL=repo-id-or-path)
+## serve: the main job: the WebSocket server on the embedded speech-to-text model (MODEL=repo-id-or-path for another)
+serve: setup
+	$(BIN)/antiphon serve --model $(MODEL)
+
+## demo: the embedded models at work: speak a question, transcribe it, a codec round trip of the bundled sample
 demo: setup
-	$(BIN)/antiphon codec roundtrip demos/sample.wav sample-roundtrip.wav --model $(MODEL)
+	$(BIN)/antiphon speak "What is the capital of Italy?" -o demo-question.wav
+	$(BIN)/antiphon transcribe demo-question.wav
+	$(BIN)/antiphon codec roundtrip demos/sample.wav sample-roundtrip.wav
 
 clean:
-	rm -rf $(VENV) sample-roundtrip.wav
+	rm -rf $(VENV) sample-roundtrip.wav demo-question.wav

@@ -21,7 +21,7 @@ from antiphon.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "kyutai/moshiko-pytorch-bf16"
+DEFAULT_MODEL = "embedded:codec"
 CHUNK_FRAMES = 125  # code frames per streaming call: 10 s of audio at 12.5 Hz
 
 

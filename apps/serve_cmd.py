@@ -20,7 +20,7 @@ from antiphon.errors import CheckpointError, InputError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "kyutai/moshiko-pytorch-bf16"
+DEFAULT_MODEL = "embedded:stt"
 CPU_SLOTS = 4
 MAX_AUTO_SLOTS = 64
 MEMORY_USE = 0.8  # the share of the GPU's free memory the slots may take
@@ -37,7 +37,9 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                     "Always: /api/health, /api/modules_info, /metrics. One engine steps every session together, "
                     "one 80 ms tick at a time.",
         epilog="examples:\n"
-               "  antiphon serve                                     # Moshi on 127.0.0.1:8998, slots sized to the GPU\n"
+               "  antiphon serve                                     # the embedded STT model on 127.0.0.1:8998\n"
+               "  antiphon serve --model embedded:tts                # the embedded TTS model\n"
+               "  antiphon serve --model kyutai/moshiko-pytorch-bf16 # Moshi, slots sized to the GPU\n"
                "  antiphon serve --model path/to/model --slots 8\n"
                "  antiphon serve --host 0.0.0.0 --api-key SECRET     # other hosts: a key is required\n\n"
                "Clients present a key with the header kyutai-api-key or the query ?auth_id=. Keys are required "

@@ -17,7 +17,7 @@ from antiphon.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "kyutai/tts-1.6b-en_fr"
+DEFAULT_MODEL = "embedded:tts"
 MAX_SECONDS_PER_CHAR = 1.0  # a stop for a model that never ends: at most this much audio per input character
 MIN_STEPS = 100
 DEFAULT_CFG, DEFAULT_TEMP, DEFAULT_SEED = 2.0, 0.6, 0

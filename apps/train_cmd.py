@@ -66,6 +66,15 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     _run_arguments(lm)
     lm.set_defaults(run=run_lm)
 
+    embed = actions.add_parser(
+        "embed", parents=common, formatter_class=Formatter, help="make a trained model an embedded default",
+        description="Copy a trained model into the package (antiphon/models/NAME, float16) as the default of "
+                    "the commands; the language models share the embedded codec, so embed the codec first.",
+        epilog="example:\n  antiphon train embed codec runs/codec/model && antiphon train embed stt runs/stt/model")
+    embed.add_argument("name", choices=("codec", "stt", "tts"), help="which embedded model to replace")
+    embed.add_argument("source", metavar="MODEL", help="the trained model (a run's model/ directory)")
+    embed.set_defaults(run=run_embed)
+
 
 def _codec_recipe():
     from antiphon.train.codec_train import CodecRecipe
@@ -129,4 +138,12 @@ def run_lm(args) -> int:
                        eval_dirs=args.eval, eval_count=args.eval_count, save_every=args.save_every,
                        tokenizer=args.tokenizer, stt_model=args.stt_model, device=parse_device(args.device))
     print(json.dumps(results, indent=2) if results else f"trained: {args.out}/model")
+    return 0
+
+
+def run_embed(args) -> int:
+    from antiphon.train.embed import embed_codec, embed_lm
+
+    weights = embed_codec(args.source) if args.name == "codec" else embed_lm(args.source, args.name)
+    print(f"embedded {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -24,7 +24,7 @@ from antiphon.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "kyutai/stt-1b-en_fr"
+DEFAULT_MODEL = "embedded:stt"
 SAMPLE_RATE = 24000
 FLUSH_FRAMES = 2  # extra silent frames after the text delay, so the last word's pieces all come out
 

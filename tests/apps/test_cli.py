@@ -51,7 +51,7 @@ def _error(capsys) -> str:
 # ---------------------------------------------------------------------- help and version
 @pytest.mark.parametrize("argv, expected", [
     (["--help"], ["commands:", "codec", "examples:", "antiphon codec roundtrip"]),
-    (["codec", "--help"], ["24 kHz mono audio", "encode", "decode", "roundtrip", "kyutai/moshiko-pytorch-bf16"]),
+    (["codec", "--help"], ["24 kHz mono audio", "encode", "decode", "roundtrip", "embedded:codec"]),
     (["codec", "encode", "--help"], ["--num-codebooks", "--model SOURCE", "--device", "standard input", "example:"]),
     (["codec", "decode", "--help"], ["the codec named in the codes file", "original length"]),
     (["codec", "roundtrip", "--help"], ["real-time factor", "SNR", "example:"]),

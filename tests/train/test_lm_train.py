@@ -159,3 +159,18 @@ def test_translation_marks_the_end_of_the_source_and_of_the_target():
     assert (seq[3:, end_of_input] == 16).all() and (seq[3:, :end_of_input] == 1).all()
     # EOS the step after the end of input and after the target's last word ends
     assert seq[0, 13] == streams.EOS and (seq[0] == streams.EOS).sum() == 1  # ceil(0.9 * 12.5) + 1
+
+
+def test_embedding_shares_one_codec_and_halves_the_weights(tmp_path, speech_dir, codec_dir):
+    from antiphon.train.embed import embed_codec, embed_lm
+
+    train_lm([speech_dir], tmp_path / "run", dataclasses.replace(TINY, steps=1), codec_dir, progress=False)
+    models = tmp_path / "models"
+    embed_codec(codec_dir, models)
+    weights = embed_lm(str(tmp_path / "run" / "model"), "stt", models)
+    assert sorted(p.name for p in (models / "stt").iterdir()) == ["config.json", "model.safetensors", "tokenizer.model"]
+    lm, trained = LM.from_pretrained(models / "stt"), LM.from_pretrained(tmp_path / "run" / "model")
+    assert weights.stat().st_size < 0.6 * (tmp_path / "run" / "model" / "model.safetensors").stat().st_size
+    codes = torch.randint(0, lm.config.card, (1, 1 + lm.config.n_q, 6))
+    torch.testing.assert_close(lm(codes).text_logits, trained(codes).text_logits, rtol=0.02, atol=0.02)
+    assert lm.codec.config == trained.codec.config  # ../codec, shared

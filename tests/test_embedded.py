@@ -1,0 +1,51 @@
+"""The embedded default models: present, within the size budget, loadable by name, and what every
+command uses when --model is left out."""
+
+from __future__ import annotations
+
+import pytest
+
+from antiphon.apps.cli import main
+from antiphon.audio_io import read_audio
+from antiphon.codec import Codec
+from antiphon.embedded import MODELS, NAMES, embedded, resolve
+from antiphon.errors import CheckpointError
+from antiphon.lm import LM
+
+BUDGET_BYTES = 30 * 1024 * 1024  # issue 5: 30 MB at most in all
+SAMPLE = "demos/sample.wav"
+
+
+def test_the_models_fit_the_size_budget():
+    total = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
+    assert 0 < total <= BUDGET_BYTES
+
+
+def test_embedded_names_resolve_and_unknown_ones_are_clear_errors():
+    assert resolve("embedded:stt") == embedded("stt") == str(MODELS / "stt")
+    assert resolve("kyutai/stt-1b-en_fr") == "kyutai/stt-1b-en_fr"
+    with pytest.raises(CheckpointError, match="no embedded model 'moshi'"):
+        resolve("embedded:moshi")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "codec"])
+def test_each_lm_loads_with_its_codec_and_tokenizer(name):
+    lm = LM.from_pretrained(f"embedded:{name}")
+    assert lm.config.model_type == name
+    assert lm.tokenizer.vocab_size() == lm.config.text_card
+    assert lm.codec.cardinality == lm.config.card
+
+
+def test_codec_roundtrip_uses_the_embedded_codec(tmp_path, capsys):
+    assert main(["codec", "roundtrip", SAMPLE, str(tmp_path / "out.wav")]) == 0
+    assert "1100 bit/s" in capsys.readouterr().out.replace(",", "")
+    assert read_audio(tmp_path / "out.wav").shape[-1] == read_audio(SAMPLE).shape[-1]
+    assert Codec.from_pretrained("embedded:codec").num_codebooks == 8
+
+
+def test_transcribe_and_speak_use_the_embedded_models(tmp_path, capsys):
+    assert main(["speak", "What is the capital of Italy?", "-o", str(tmp_path / "q.wav")]) == 0
+    assert read_audio(tmp_path / "q.wav").shape[-1] > 24000 * 0.5
+    capsys.readouterr()
+    assert main(["transcribe", str(tmp_path / "q.wav")]) == 0
+    assert capsys.readouterr().out.strip()  # words: how many are right is MODELS.md's business
