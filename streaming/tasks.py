@@ -285,7 +285,7 @@ class SpeechTask(_Sampling):
     def check_voice(self, embedding: np.ndarray) -> None:
         """Raise InputError unless a VoiceIn of `embedding` [1, C, T] would be taken (the network side calls
         this before submitting one: a voice the model cannot take must fail its session, not the tick)."""
-        self.runner.check_voice(torch.from_numpy(embedding))
+        self.runner.check_voice(torch.tensor(embedding))  # a copy: the network buffer is read-only
 
     def _take(self, slot: int, item) -> None:
         if isinstance(item, TextIn):
@@ -293,7 +293,7 @@ class SpeechTask(_Sampling):
         elif isinstance(item, EndOfInput):
             self.runner.end(slot)
         elif isinstance(item, VoiceIn):
-            self.runner.set_voice(slot, torch.from_numpy(item.embedding))
+            self.runner.set_voice(slot, torch.tensor(item.embedding))
             self.own_voice[slot] = True
             self.runner.reset(_mask(np.arange(self.slots) == slot, self.device))
 
