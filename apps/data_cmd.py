@@ -68,6 +68,8 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                           "backend/voice (e.g. flite/slt: that voice only, in either split; the split then "
                           "chooses only the texts)")
     gen.add_argument("--shard-size", type=int, default=256, metavar="N", help="examples per shard (default: 256)")
+    gen.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="processes making examples (default: 1); the dataset is the same for any N")
     gen.set_defaults(run=run_generate)
 
     show = actions.add_parser(
@@ -104,7 +106,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from antiphon.train.shards import write_dataset
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
-    manifest = write_dataset(args.out, args.kind, args.count, args.seed, args.split, backends, args.shard_size)
+    manifest = write_dataset(args.out, args.kind, args.count, args.seed, args.split, backends, args.shard_size,
+                             jobs=args.jobs)
     print(f"wrote {manifest['count']} {args.kind} examples ({manifest['audio_s'] / 3600:.2f} h) to {args.out} "
           f"in {manifest['generation_s']:.1f} s: {manifest['audio_s_per_s']:.1f} s of audio per second")
     return 0

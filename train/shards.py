@@ -12,7 +12,10 @@ The manifest is written last: a directory without one is an interrupted generati
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import multiprocessing
 import os
 import time
 from collections import Counter
@@ -31,21 +34,24 @@ MANIFEST, INDEX = "manifest.json", "index.jsonl"
 
 
 def write_dataset(out_dir: str | os.PathLike, kind: str, count: int, seed: int, split: str = "train",
-                  backends: tuple[str, ...] = BACKENDS, shard_size: int = 256, progress: bool = True) -> dict:
+                  backends: tuple[str, ...] = BACKENDS, shard_size: int = 256, progress: bool = True,
+                  jobs: int = 1) -> dict:
     """Generate examples 0..count-1 of (kind, seed, split, backends) into `out_dir` (created; it
-    must be empty or absent) and return the manifest."""
+    must be empty or absent) and return the manifest. `jobs` > 1 makes examples in that many forked
+    processes; each example depends only on its index, so the dataset is the same bit for bit."""
     out = Path(out_dir)
     check_arguments(kind, seed, split, backends)
-    if count <= 0 or shard_size <= 0:
-        raise InputError(f"count and shard size must be positive, got {count} and {shard_size}")
+    if count <= 0 or shard_size <= 0 or jobs <= 0:
+        raise InputError(f"count, shard size and jobs must be positive, got {count}, {shard_size} and {jobs}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not an empty directory")
     out.mkdir(parents=True, exist_ok=True)
     started, audio_s, shards = time.perf_counter(), 0.0, []
-    with open(out / INDEX, "w", encoding="utf-8") as index, \
+    make = functools.partial(make_example, kind, seed, split=split, backends=backends)
+    with open(out / INDEX, "w", encoding="utf-8") as index, _mapper(jobs) as map_ordered, \
             tqdm(total=count, desc=f"{kind} {split}", unit="ex", disable=not progress) as bar:
         for first in range(0, count, shard_size):
-            rows = [make_example(kind, seed, i, split, backends) for i in _advance(range(first, min(count, first + shard_size)), bar)]
+            rows = list(_advance(map_ordered(make, range(first, min(count, first + shard_size))), bar))
             name = f"shard-{len(shards):05d}.npz"
             _write_shard(out / name, rows)
             shards.append(name)
@@ -111,10 +117,20 @@ def summarize(data_dir: str | os.PathLike) -> dict:
             "distinct_voices": len(voices), "turns": dict(turns)}
 
 
-def _advance(indices, bar):
-    for i in indices:
-        yield i
+def _advance(items, bar):
+    for item in items:
+        yield item
         bar.update(1)
+
+
+@contextlib.contextmanager
+def _mapper(jobs: int):
+    """An ordered map: the built-in one, or a pool of `jobs` forked processes."""
+    if jobs == 1:
+        yield map
+        return
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        yield lambda fn, items: pool.imap(fn, items, chunksize=2)
 
 
 def _write_shard(path: Path, rows: list[Example]) -> None:

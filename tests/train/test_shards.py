@@ -39,3 +39,15 @@ def test_refuses_a_non_empty_directory_and_a_non_dataset(tmp_path):
         shards.summarize(tmp_path / "full")
     with pytest.raises(InputError, match="positive"):
         shards.write_dataset(tmp_path / "new", "asr", 0, seed=0, progress=False)
+
+
+def test_parallel_jobs_write_the_same_dataset(tmp_path):
+    one = shards.write_dataset(tmp_path / "one", "asr", 5, seed=4, backends=ESPEAK, shard_size=3, progress=False)
+    two = shards.write_dataset(tmp_path / "two", "asr", 5, seed=4, backends=ESPEAK, shard_size=3, progress=False, jobs=2)
+    assert one["shards"] == two["shards"]
+    for name in one["shards"]:
+        a, b = np.load(tmp_path / "one" / name), np.load(tmp_path / "two" / name)
+        assert np.array_equal(a["audio"], b["audio"]) and np.array_equal(a["offsets"], b["offsets"])
+    assert (tmp_path / "one" / "index.jsonl").read_text() == (tmp_path / "two" / "index.jsonl").read_text()
+    with pytest.raises(InputError, match="positive"):
+        shards.write_dataset(tmp_path / "three", "asr", 5, seed=4, backends=ESPEAK, progress=False, jobs=0)
