@@ -144,6 +144,70 @@ def evaluate_translation(lm, eval_dirs: list[str], count: int, progress: bool = 
     return out
 
 
+SILENCE_DBFS = -40.0  # a frame quieter than this is silence
+SILENT_FRAMES = 3  # ... and the model has stopped once this many such frames follow one another
+
+
+def stops_speaking_at(pcm: np.ndarray, after_s: float, sample_rate: int, frame: int) -> float | None:
+    """The start (s) of the first run of SILENT_FRAMES silent frames at or after `after_s`; None if none."""
+    frames = pcm[: len(pcm) // frame * frame].reshape(-1, frame)
+    level = 10 * np.log10(np.maximum((frames ** 2).mean(axis=1), 1e-12))
+    silent = level < SILENCE_DBFS
+    first = int(np.ceil(after_s * sample_rate / frame))
+    for f in range(first, len(silent) - SILENT_FRAMES + 1):
+        if silent[f:f + SILENT_FRAMES].all():
+            return f * frame / sample_rate
+    return None
+
+
+def answer_recall(reference: str, hypothesis: str) -> float:
+    """The share of the reference's words (with repeats) that the hypothesis says."""
+    left = normalize(hypothesis)
+    found = 0
+    for word in normalize(reference):
+        if word in left:
+            left.remove(word)
+            found += 1
+    return found / max(1, len(normalize(reference)))
+
+
+def evaluate_dialogue(lm, eval_dirs: list[str], count: int, progress: bool = True) -> dict:
+    """Through the streaming Dialogue front-end, fed the user's channel: an answer is correct when the
+    model's text stream says >= 80% of the reference answers' words; after each interruption, the
+    model's decoded speech must fall silent within 0.5 s of the user's first word."""
+    import torch
+
+    from antiphon.lm.tasks import Dialogue
+
+    codec = lm.codec
+    codec.num_codebooks = lm.config.n_q - lm.config.dep_q
+    tokenizer, frame = lm.tokenizer, codec.frame_size
+    out = {}
+    for data_dir in eval_dirs:
+        correct, stops = [], []
+        for example in _examples(data_dir, count, progress, "dialogue"):
+            user = codec.encode(torch.from_numpy(example.pcm[1])[None, None])  # [1, K, F]
+            dialogue = Dialogue(lm, 1, temp=0.0, temp_text=0.0)
+            pieces, audio = [], []
+            with torch.inference_mode():
+                for f in range(user.shape[-1]):
+                    step = dialogue.step(user[..., f:f + 1])
+                    if step is None or not bool(step.ready[0]):
+                        audio.append(torch.zeros(lm.config.dep_q, 1, dtype=torch.long))
+                        continue
+                    if bool(step.is_word[0]):
+                        pieces.append(int(step.text[0]))
+                    audio.append(step.audio[0])
+                pcm = codec.decode(torch.cat(audio, dim=-1)[None])[0, 0].numpy()
+            correct.append(answer_recall(example.channels[0].text, tokenizer.decode(pieces)) >= 0.8)
+            for cut in example.info.get("interruptions", []):
+                stop = stops_speaking_at(pcm, cut["user_starts_s"], codec.sample_rate, frame)
+                stops.append(stop is not None and stop - cut["user_starts_s"] <= 0.5)
+        out[data_dir] = {"examples": len(correct), "answers_correct": round(float(np.mean(correct or [0])), 4),
+                         "interruptions": len(stops), "silent_within_0_5_s": round(float(np.mean(stops or [0])), 4)}
+    return out
+
+
 def evaluate_lm(model_dir, task: str, eval_dirs: list[str], count: int, stt_model: str | None = None,
                 progress: bool = True) -> dict:
     from antiphon.lm import LM
@@ -157,5 +221,5 @@ def evaluate_lm(model_dir, task: str, eval_dirs: list[str], count: int, stt_mode
     elif task == "translation":
         results = evaluate_translation(lm, eval_dirs, count, progress)
     else:
-        results = {"note": "dialogue has no end-to-end evaluation yet (MODELS.md)"}
+        results = evaluate_dialogue(lm, eval_dirs, count, progress)
     return results | {"eval_s": round(time.perf_counter() - started, 1)}

@@ -19,3 +19,10 @@ def dialogue_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "dialogue"
     write_dataset(out, "dialogue", count=3, seed=3, backends=("espeak-ng",), progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def translation_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "translation"
+    write_dataset(out, "translation", count=3, seed=3, backends=("espeak-ng",), progress=False)
+    return str(out)

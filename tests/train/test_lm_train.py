@@ -174,3 +174,14 @@ def test_embedding_shares_one_codec_and_halves_the_weights(tmp_path, speech_dir,
     codes = torch.randint(0, lm.config.card, (1, 1 + lm.config.n_q, 6))
     torch.testing.assert_close(lm(codes).text_logits, trained(codes).text_logits, rtol=0.02, atol=0.02)
     assert lm.codec.config == trained.codec.config  # ../codec, shared
+
+
+def test_dialogue_and_translation_runs_are_evaluated_end_to_end(tmp_path, dialogue_dir, translation_dir, codec_dir):
+    dialogue = train_lm([dialogue_dir], tmp_path / "d", dataclasses.replace(TINY, task="dialogue", steps=1), codec_dir,
+                        eval_dirs=[dialogue_dir], eval_count=2, progress=False)[dialogue_dir]
+    assert dialogue["examples"] == 2 and 0 <= dialogue["answers_correct"] <= 1
+    assert dialogue["interruptions"] >= 0 and 0 <= dialogue["silent_within_0_5_s"] <= 1
+    translation = train_lm([translation_dir], tmp_path / "t", dataclasses.replace(TINY, task="translation", steps=1),
+                           codec_dir, eval_dirs=[translation_dir], eval_count=2, progress=False)[translation_dir]
+    assert translation["examples"] == 2 and 0 <= translation["exact_match"] <= 1 and translation["wer"] >= 0
+    assert LM.from_pretrained(tmp_path / "t" / "model").config.model_type == "hibiki"
