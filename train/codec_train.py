@@ -22,7 +22,7 @@ from antiphon.codec.config import CodecConfig
 from antiphon.codec.model import Codec
 from antiphon.errors import InputError
 from antiphon.train.losses import MultiScaleMelLoss
-from antiphon.train.run_dir import RunDir, rng_state, set_rng_state
+from antiphon.train.run_dir import RunDir, Training, warmup_cosine
 from antiphon.train.shards import iter_examples, read_manifest
 from antiphon.train.vq import EmaSplitVQ
 
@@ -91,26 +91,15 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
     codec = Codec(config, num_codebooks=config.n_q).to(device).train()
     quantizer = EmaSplitVQ(codec.quantizer)
     optimizer = torch.optim.AdamW(codec.parameters(), lr=recipe.lr, betas=(0.8, 0.99), weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe.warmup, recipe.steps))
-    step = 0
-    if resuming:
-        state = run.load()
-        codec.load_state_dict(state["model"])
-        quantizer.load_state_dict(state["quantizer"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        run.truncate_history(step)
-        logger.info("resuming %s at step %d of %d", out, step, recipe.steps)
+    training = Training(codec, optimizer, warmup_cosine(optimizer, recipe.warmup, recipe.steps), {"quantizer": quantizer})
+    step = run.resume(training) if resuming else 0
     pool = AudioPool(list(data_dirs))
     logger.info("codec training on %.2f h of audio from %s", pool.seconds / 3600, ", ".join(data_dirs))
     mel_loss = MultiScaleMelLoss(config.sample_rate)
     length = recipe.segment_frames * config.frame_size
 
     def save() -> None:
-        run.save({"model": codec.state_dict(), "quantizer": quantizer.state_dict(), "step": step,
-                  "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng_state()})
+        run.save_step(step, training)
         run.plot(f"codec ({recipe.size}) training")
 
     with tqdm(total=recipe.steps, initial=step, desc="train codec", unit="step", disable=not progress) as bar:
@@ -126,7 +115,7 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
             optimizer.step()
-            schedule.step()
+            training.schedule.step()
             step += 1
             bar.update(1)
             if step % log_every == 0 or step == recipe.steps:
@@ -166,12 +155,3 @@ def evaluate_codec(codec: Codec, eval_dirs: list[str], count: int, progress: boo
                              "snr_db": round(float(np.mean(snrs)), 2)}
     results["eval_s"] = round(time.perf_counter() - started, 1)
     return results
-
-
-def _warmup_cosine(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * progress))
-    return factor

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from antiphon.errors import InputError
 from antiphon.lm import LM, LMConfig
 from antiphon.train import lora, streams
-from antiphon.train.run_dir import RunDir, rng_state, set_rng_state
+from antiphon.train.run_dir import RunDir, Training, warmup_cosine
 from antiphon.train.shards import iter_examples, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -139,19 +139,8 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     logger.info("%s model: %.2f M parameters, %.2f M trained", recipe.task,
                 sum(p.numel() for p in model.parameters()) / 1e6, sum(p.numel() for p in trainable) / 1e6)
     optimizer = torch.optim.AdamW(trainable, lr=recipe.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    from antiphon.train.codec_train import _warmup_cosine
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(recipe.warmup, recipe.steps))
-    step = 0
-    if resuming:
-        state = run.load()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        run.truncate_history(step)
-        logger.info("resuming %s at step %d of %d", out, step, recipe.steps)
+    training = Training(model, optimizer, warmup_cosine(optimizer, recipe.warmup, recipe.steps))
+    step = run.resume(training) if resuming else 0
     sp = _load_sentencepiece(tokenizer_path)
     delay = delay_steps(model.config)
     sequences = []
@@ -165,8 +154,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     model.train()
 
     def save() -> None:
-        run.save({"model": model.state_dict(), "step": step, "optimizer": optimizer.state_dict(),
-                  "schedule": schedule.state_dict(), "rng": rng_state()})
+        run.save_step(step, training)
         run.plot(f"{recipe.task} LM training")
 
     with tqdm(total=recipe.steps, initial=step, desc=f"train {recipe.task}", unit="step", disable=not progress) as bar:
@@ -180,7 +168,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
-            schedule.step()
+            training.schedule.step()
             step += 1
             bar.update(1)
             if step % log_every == 0 or step == recipe.steps:

@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -58,6 +60,20 @@ class RunDir:
             return torch.load(self.state_path, map_location="cpu", weights_only=False)
         except Exception as e:  # a truncated or foreign file
             raise InputError(f"cannot resume from {self.state_path}: {e}") from None
+
+    def save_step(self, step: int, parts: "Training") -> None:
+        self.save({"step": step, "rng": {"torch": torch.get_rng_state()}}
+                  | {name: part.state_dict() for name, part in parts.named()})
+
+    def resume(self, parts: "Training") -> int:
+        """Load the saved state into `parts` and return its step; history after it is dropped."""
+        state = self.load()
+        for name, part in parts.named():
+            part.load_state_dict(state[name])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.truncate_history(state["step"])
+        logger.info("resuming %s at step %d", self.path, state["step"])
+        return state["step"]
 
     # ------------------------------------------------------------------ history
     def log(self, record: dict) -> None:
@@ -116,9 +132,24 @@ def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state()}
+@dataclasses.dataclass
+class Training:
+    """What a run saves and resumes: anything with state_dict / load_state_dict, by name."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    extras: dict = dataclasses.field(default_factory=dict)
+
+    def named(self):
+        return [("model", self.model), ("optimizer", self.optimizer), ("schedule", self.schedule), *self.extras.items()]
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps, then a cosine from 1 to 0.1 at `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
