@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?= embedded:stt
 
-.PHONY: system setup reference test test-all serve demo clean
+.PHONY: system setup reference test test-all serve demo models clean
 
 ## system: the Debian packages the synthetic-data tests and `antiphon talk` use (train/apt-packages.txt,
 ## libportaudio2), installed with apt-get when missing; without apt-get or root, a warning (their tests skip)
@@ -50,6 +50,10 @@ demo: setup
 	$(BIN)/antiphon speak "What is the capital of Italy?" -o demo-question.wav
 	$(BIN)/antiphon transcribe demo-question.wav
 	$(BIN)/antiphon codec roundtrip demos/sample.wav sample-roundtrip.wav
+
+## models: retrain the embedded models from scratch with the recipe (hours on 2 CPU cores; resumable: run again after a stop)
+models: system setup
+	PATH=$(BIN):$$PATH train/make_models.sh data runs
 
 clean:
 	rm -rf $(VENV) sample-roundtrip.wav demo-question.wav

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole recipe of the embedded models (MODELS.md): data, codec, stt, tts, embed. Every step is
+# resumable: run the script again after a stop and it goes on where it was (a dataset without its
+# manifest is an interrupted generation: it is made again; a training run resumes from its state.pt).
+# Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, STT_STEPS, TTS_STEPS, JOBS override.
+set -euo pipefail
+DATA=${1:-data}
+RUNS=${2:-runs}
+ANTIPHON=${ANTIPHON:-antiphon}
+JOBS=${JOBS:-2}
+CODEC_STEPS=${CODEC_STEPS:-4000}
+STT_STEPS=${STT_STEPS:-5000}
+TTS_STEPS=${TTS_STEPS:-3200}
+
+dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
+  local out="$DATA/$1"; shift
+  [ -f "$out/manifest.json" ] && return
+  rm -rf "$out"
+  "$ANTIPHON" data generate --out "$out" --jobs "$JOBS" "$@"
+}
+
+dataset tts --kind tts --count 2000 --seed 0
+dataset asr --kind asr --count 2000 --seed 0
+dataset tts-eval --kind tts --count 150 --split eval --seed 0
+dataset asr-eval --kind asr --count 150 --split eval --seed 0
+dataset tts-slt --kind tts --backends flite/slt --count 3000 --seed 1
+dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --seed 1
+
+"$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" --out "$RUNS/codec" --steps "$CODEC_STEPS" \
+    --eval "$DATA/tts-eval" "$DATA/asr-eval" --eval-count 40
+"$ANTIPHON" train lm --task stt "$DATA/asr" "$DATA/tts" --codec "$RUNS/codec/model" --out "$RUNS/stt" \
+    --steps "$STT_STEPS" --eval "$DATA/asr-eval" "$DATA/tts-eval" --eval-count 60
+"$ANTIPHON" train lm --task tts "$DATA/tts-slt" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
+    --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt/model"
+
+"$ANTIPHON" train embed codec "$RUNS/codec/model"
+"$ANTIPHON" train embed stt "$RUNS/stt/model"
+"$ANTIPHON" train embed tts "$RUNS/tts/model"
