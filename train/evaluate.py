@@ -87,8 +87,9 @@ def evaluate_tts(lm, eval_dirs: list[str], count: int, stt_model: str | None, pr
         stt = LM.from_pretrained(stt_model)
     out = {}
     for data_dir in eval_dirs:
-        ours, sphinx = [], []
+        ours, sphinx, spoken = [], [], 0
         for i, example in enumerate(_examples(data_dir, count, progress, "tts")):
+            spoken += 1
             text = example.channels[0].text
             pcm, _ = speak(lm, text, cfg=None, seed=i)
             pcm = pcm[0]
@@ -96,7 +97,7 @@ def evaluate_tts(lm, eval_dirs: list[str], count: int, stt_model: str | None, pr
                 ours.append((text, " ".join(w["text"] for w in transcribe(stt, pcm))))
             if example.channels[0].language == "en":
                 sphinx.append((text, pocketsphinx_transcribe(pcm, lm.codec.sample_rate)))
-        result = {"examples": i + 1 if count else 0}
+        result = {"examples": spoken}
         if ours:
             result["wer_our_stt"] = round(word_error_rate(ours), 4)
             result["samples_our_stt"] = [{"ref": r, "hyp": h} for r, h in ours[:5]]

@@ -127,7 +127,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     if recipe.lora_rank and not recipe.init:
         raise InputError("--lora-rank adapts a published model: give --init MODEL")
     run = RunDir(out)
-    resuming = run.start(dataclasses.asdict(recipe) | {"codec": str(codec_source)})
+    resuming = run.start(dataclasses.asdict(recipe) | {"codec": str(codec_source or "")})
     if recipe.init:
         model, codec, tokenizer_path = _published(recipe)
     else:

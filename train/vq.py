@@ -52,6 +52,8 @@ class EmaResidualVQ:
                 self._update(i, flat, index)
             total = total + chosen
             residual = residual - chosen
+        if update:  # the codec's own search (encode) reads tables derived from the codebooks
+            self.rvq.refresh_search_tables()
         quantized = projected + (total - projected).detach()
         return self.rvq.output_proj(quantized.to(self.rvq.output_proj.weight.dtype)), commitment / max(n, 1)
 
@@ -102,6 +104,4 @@ class EmaSplitVQ:
         if n_q > semantic:
             rest, rest_loss = self.halves[1](latent, n_q - semantic, update)
             out, loss = out + rest, loss + rest_loss
-        for half in self.halves:
-            half.rvq.refresh_search_tables()
         return out.transpose(1, 2), loss
