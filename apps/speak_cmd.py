@@ -50,6 +50,10 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--voice", metavar="V", help="speaker-embedding .safetensors file (kyutai/tts-voices); "
                                                 "with --url, also a voice name on the server")
     p.add_argument("--cfg", type=float, help=f"guidance value of a model with a cfg conditioner (default: {DEFAULT_CFG})")
+    p.add_argument("--cfg-coef", type=float, default=1.0, metavar="C",
+                   help="two-pass classifier-free guidance for a model trained without CFG distillation (no cfg "
+                        "conditioner): the audio is pushed away from a pass without text or voice; twice the "
+                        "compute (default: 1, none)")
     p.add_argument("--temp", type=float, help=f"sampling temperature, 0 for argmax (default: {DEFAULT_TEMP})")
     p.add_argument("--seed", type=int, help=f"sampling seed (default: {DEFAULT_SEED})")
     p.add_argument("--device", default="auto", help="torch device of a local model (default: cuda if available, else cpu)")
@@ -65,6 +69,8 @@ def run_speak(args: argparse.Namespace) -> int:
     text = _read_text(args.text)
     _check_output(args.output)
     if args.url is not None:
+        if args.cfg_coef != 1.0:
+            raise InputError("--cfg-coef applies to a local model (the server protocol carries cfg_alpha: --cfg)")
         pcm, words = speak_with_server(args.url, text, voice=args.voice, api_key=args.api_key, cfg=args.cfg,
                                        temp=args.temp, seed=args.seed)
         sample_rate = SAMPLE_RATE
@@ -73,7 +79,8 @@ def run_speak(args: argparse.Namespace) -> int:
             raise InputError(f"voice file not found: {args.voice}")
         lm = load_lm(args.model or DEFAULT_MODEL, args.device)
         pcm, words = speak(lm, text, voice=args.voice, cfg=_given(args.cfg, DEFAULT_CFG),
-                           temp=_given(args.temp, DEFAULT_TEMP), seed=_given(args.seed, DEFAULT_SEED))
+                           temp=_given(args.temp, DEFAULT_TEMP), seed=_given(args.seed, DEFAULT_SEED),
+                           cfg_coef=args.cfg_coef)
         sample_rate = lm.codec.sample_rate
     write_wav(args.output, pcm, sample_rate)
     if getattr(args, "verbose", 0):
@@ -109,7 +116,7 @@ def speak_with_server(url: str, text: str, voice: str | None = None, api_key: st
     return pcm, words
 
 
-def speak(lm, text: str, voice=None, cfg: float | None = 2.0, temp: float = 0.6, seed: int = 0):
+def speak(lm, text: str, voice=None, cfg: float | None = 2.0, temp: float = 0.6, seed: int = 0, cfg_coef: float = 1.0):
     """text -> (float32 PCM [1, T] at the codec's rate, [SpokenWord]) with a one-slot Speaker."""
     import torch
     from tqdm import tqdm
@@ -127,7 +134,7 @@ def speak(lm, text: str, voice=None, cfg: float | None = 2.0, temp: float = 0.6,
                          "speaker-embedding .safetensors file)")
     rng = torch.Generator(device=lm.device).manual_seed(seed)
     speaker = Speaker(lm, 1, voice=voice, cfg=cfg if conditioned else None, tokenizer=lm.tokenizer,
-                      temp=temp, temp_text=temp, rng=rng)
+                      temp=temp, temp_text=temp, rng=rng, cfg_coef=cfg_coef)
     speaker.push(0, text)
     speaker.end(0)
     max_steps = max(MIN_STEPS, int(len(text) * MAX_SECONDS_PER_CHAR / FRAME_SECONDS))

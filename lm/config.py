@@ -28,7 +28,7 @@ TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
 
 NORMS = ("rms_norm_f32", "rms_norm", "layer_norm", "layer_norm_f32")
 GATINGS = ("none", "silu", "gelu", "relu", "sigmoid", "tanh", "elu", "leaky_relu", "mish", "softsign")
-POSITIONAL = ("rope", "none", "sin", "sin_rope")  # not built: "rope_concat" (non-interleaved)
+POSITIONAL = ("rope", "rope_concat", "none", "sin", "sin_rope")  # rope_concat: RoPE not interleaved
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,9 @@ sum is added to every step's input, its cross source is projected to the cross-a
 of every layer once, here. CFG (cfg_coef != 1) doubles the rows: rows 0..B-1 take the conditioned rows
 of `condition`, rows B..2B-1 the null ones (`Condition.cat(conditioned, null)`); text and depformer
 logits are mixed as null + (cond - null) * coef. A plain tensor [R, D] stands for summed conditions.
+With `cfg_is_no_text` (TTS models trained without CFG distillation) the null rows also read no text: their
+text input is the zero token past the initial one, and the text token is sampled from the conditioned
+rows alone (guidance on the audio only); an unconditioned model then needs no condition.
 
 TTS hooks (Kyutai TTS, lm.tts / lm.tasks.Speaker), all without a host read: `step(text=...)` replaces the
 sampled text token per slot before the depformer and the token cache see it (the padding state machine's
@@ -57,7 +60,8 @@ class LMGenerator:
 
     def __init__(self, lm, batch_size: int, temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250,
                  top_k_text: int = 25, cfg_coef: float = 1.0, condition: Condition | torch.Tensor | None = None,
-                 rng: torch.Generator | None = None, check_inputs: bool = True, audio_delay: int = 0):
+                 rng: torch.Generator | None = None, check_inputs: bool = True, audio_delay: int = 0,
+                 cfg_is_no_text: bool = False):
         cfg = lm.config
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -68,6 +72,7 @@ class LMGenerator:
         self._slot_sampling = {name: [value] * batch_size for name, value in self.default_sampling.items()}  # host
         self.cfg_coef, self.rng, self.check_inputs = float(cfg_coef), rng, check_inputs
         self.rows = 2 * batch_size if self.cfg else batch_size
+        self.cfg_is_no_text = self.cfg and bool(cfg_is_no_text)
         self.condition = self._check_condition(condition)
         self.dep_q, self.n_in = cfg.dep_q, cfg.n_q - cfg.dep_q
         self.max_delay = max(cfg.delays)
@@ -118,9 +123,13 @@ class LMGenerator:
         active = self._check_active(active)
         column = self._input_column(codes.to(self.tokens.device), active)  # [B, K, 1]
         rows = column.repeat(2, 1, 1) if self.cfg else column
+        if self.cfg_is_no_text:  # the null rows read the zero token as text, past the initial one
+            null_text = rows[self.batch_size:, 0]  # [B, 1]
+            null_text.masked_fill_(self.offsets[:, None] > self.delays[0], Embedding.ZERO)
         with self._streaming(active):
             hidden = self.lm.forward_hidden(rows, self.condition, self.cross)  # [R, 1, D]
-        logits = self._mix(self.lm.text_linear(hidden[:, 0]).float())
+        text_logits = self.lm.text_linear(hidden[:, 0]).float()  # [R, N]
+        logits = text_logits[: self.batch_size] if self.cfg_is_no_text else self._mix(text_logits)
         if pad_bonus is not None:
             logits = self._add_pad_bonus(logits, pad_bonus)
         sampled = sample(logits, self.temp_text, self.top_k_text, self.rng)
@@ -291,7 +300,7 @@ class LMGenerator:
                 raise InputError(f"condition must be {what} = [{self.rows}, {dim}], for a model without "
                                  f"cross-attention; got {list(condition.shape)}")
             return Condition(condition.to(lm.device), None)
-        if condition is None and self.cfg and not lm.is_conditioned:
+        if condition is None and self.cfg and not lm.is_conditioned and not self.cfg_is_no_text:
             raise InputError(f"cfg_coef={self.cfg_coef} needs conditioned and null rows, and this model has no "
                              f"conditioners: pass condition [2B, D = {dim}] (summed condition embeddings), "
                              f"or use cfg_coef=1")

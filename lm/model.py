@@ -129,18 +129,20 @@ class LM(nn.Module):
     # ------------------------------------------------------------------ streaming generation
     def generator(self, batch_size: int, temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250,
                   top_k_text: int = 25, cfg_coef: float = 1.0, condition: Condition | torch.Tensor | None = None,
-                  rng: torch.Generator | None = None, check_inputs: bool = True, audio_delay: int = 0):
+                  rng: torch.Generator | None = None, check_inputs: bool = True, audio_delay: int = 0,
+                  cfg_is_no_text: bool = False):
         """A streaming generation state for `batch_size` slots (lm.generate.LMGenerator): `step(codes
         [B, n_q - dep_q, 1])` -> None or tokens [B, 1 + dep_q, 1]; `reset(mask [B])`. Temperatures <= 0
         are greedy; `rng` (a torch.Generator on the model's device) makes sampling deterministic.
         `condition` (`lm.condition(...)`, B rows) is needed by a conditioned model; cfg_coef != 1 needs
         2B rows: `Condition.cat(conditioned, null)`. A tensor [R, D] stands for summed conditions.
-        `audio_delay` (steps; TTS): the model's audio streams stay the zero token that much longer."""
+        `audio_delay` (steps; TTS): the model's audio streams stay the zero token that much longer.
+        `cfg_is_no_text` (with cfg_coef != 1): the null rows read no text and the text is not guided."""
         from antiphon.lm.generate import LMGenerator
 
         return LMGenerator(self, batch_size, temp=temp, temp_text=temp_text, top_k=top_k, top_k_text=top_k_text,
                            cfg_coef=cfg_coef, condition=condition, rng=rng, check_inputs=check_inputs,
-                           audio_delay=audio_delay)
+                           audio_delay=audio_delay, cfg_is_no_text=cfg_is_no_text)
 
     # ------------------------------------------------------------------ teacher-forced forward
     def forward(self, codes: torch.Tensor, conditions: Condition | None = None) -> LMOutput:

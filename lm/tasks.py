@@ -195,13 +195,15 @@ class Speaker:
     state machine (lm.tts) decides on the host, between steps, which text the model is fed. Conditioning:
     `voice` (a kyutai/tts-voices speaker-embedding file or tensor [1, C, T], one for all slots or a list of
     B) through cross-attention, `cfg` (the distilled guidance value, a label of the cfg conditioner),
-    control "ok". `padding_bonus` (float or [B]; -2..2) slows speech when positive. A slot's step is
+    control "ok". A model trained without CFG distillation (no cfg conditioner) takes two-pass guidance
+    instead: `cfg_coef` != 1 adds a null row per slot with no text, no voice and no labels, whose audio
+    logits are mixed in (the reference's cfg_is_no_text; twice the compute). `padding_bonus` (float or [B]; -2..2) slows speech when positive. A slot's step is
     faithful to the reference only while it has lookahead + 1 words queued or has ended; until then it
     waits on PAD (the reference server skips it). `reset(mask [B])` starts new utterances."""
 
     def __init__(self, lm, batch_size: int, voice=None, cfg: float | None = 2.0, padding_bonus: float | torch.Tensor = 0.0,
                  initial_padding: int = 2, max_padding: int = 8, padding_between: int = 1, final_padding: int = 4,
-                 tokenizer=None, **sampling):
+                 tokenizer=None, cfg_coef: float = 1.0, **sampling):
         from antiphon.lm import tts
 
         cfg_ = lm.config
@@ -215,10 +217,13 @@ class Speaker:
                                     pad=cfg_.existing_text_padding_id)
         self.padding_between, self.final_padding = padding_between, final_padding
         self.padding_bonus = torch.as_tensor(padding_bonus, dtype=torch.float32).to(lm.device).expand(batch_size)
-        self.guidance = cfg
+        self.guidance, self.cfg_coef = cfg, float(cfg_coef)
+        if self.cfg_coef != 1.0 and "cfg" in (lm.condition_provider.fused if lm.is_conditioned else ()):
+            raise InputError("this TTS model was trained with CFG distillation: give the guidance as cfg=, "
+                             "not cfg_coef (two-pass guidance)")
         condition, self.multi_speaker = self._condition(voice, cfg)
         self.generator = _generator(lm, batch_size, {"temp": 0.6, "temp_text": 0.6}, sampling, condition=condition,
-                                    audio_delay=self.delay_steps)
+                                    audio_delay=self.delay_steps, cfg_coef=self.cfg_coef, cfg_is_no_text=True)
         self.codes = torch.full((batch_size, cfg_.n_q - cfg_.dep_q, 1), -1, dtype=torch.long, device=lm.device)
         self.machines = [self._machine() for _ in range(batch_size)]
         self.steps = [0] * batch_size  # host: steps done per slot
@@ -322,6 +327,8 @@ class Speaker:
         return slot
 
     def _condition(self, voice, cfg: float | None):
+        """-> (the generator's condition: B rows, or with two-pass guidance B conditioned then B null rows;
+        whether the model takes a voice)."""
         from antiphon.lm import tts
 
         lm = self.lm
@@ -330,11 +337,12 @@ class Speaker:
                 raise InputError("this TTS model has no conditioners: pass voice=None, cfg=None")
             return None, False
         provider = lm.condition_provider
-        attributes = {}
+        attributes, null = {}, {}
         for name in provider.fused:
             spec = provider.conditioners[name].spec
             if name == tts.VOICE_KEY:
                 attributes[name] = self._voices(voice, spec.dim)
+                null[name] = (attributes[name][0], torch.zeros_like(attributes[name][1]))  # every position missing
             elif name == "cfg":
                 attributes[name] = None if cfg is None else format(float(cfg), ".1f")
             elif name == "control":
@@ -343,7 +351,10 @@ class Speaker:
                 raise InputError(f"this TTS model is conditioned on {name!r}, which Speaker does not know")
         if voice is not None and tts.VOICE_KEY not in provider.fused:
             raise InputError("this TTS model takes no voice (no speaker_wavs conditioner): pass voice=None")
-        return lm.condition(self.batch_size, **attributes), tts.VOICE_KEY in provider.fused
+        condition = lm.condition(self.batch_size, **attributes)
+        if self.cfg_coef != 1.0:
+            condition = Condition.cat(condition, lm.condition(self.batch_size, **{n: null.get(n) for n in attributes}))
+        return condition, tts.VOICE_KEY in provider.fused
 
     def _voices(self, voice, dim: int):
         from antiphon.lm import tts

@@ -26,11 +26,23 @@ from antiphon.kv_ring import PIECE, KVRing
 from antiphon.stateful import Stateful
 
 
+class Rope:
+    """The rotation of one call's positions, applied to queries and keys."""
+
+    def __init__(self, rotation: torch.Tensor, interleaved: bool):
+        self.rotation, self.interleaved = rotation, interleaved  # complex [B or 1, T, hd / 2]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, self.rotation, self.interleaved)
+
+
 class Positions:
-    """How a transformer encodes positions: "rope", "sin", "sin_rope" or "none"."""
+    """How a transformer encodes positions: "rope" (interleaved pairs), "rope_concat" (pairs i and
+    i + hd/2), "sin", "sin_rope" or "none"."""
 
     def __init__(self, kind: str, head_dim: int, max_period: float, scale: float):
-        self.rope = kind in ("rope", "sin_rope")
+        self.rope = kind in ("rope", "rope_concat", "sin_rope")
+        self.interleaved = kind != "rope_concat"
         self.sin = kind in ("sin", "sin_rope")
         self.head_dim, self.max_period, self.scale = head_dim, max_period, scale
 
@@ -39,12 +51,12 @@ class Positions:
             return x
         return x + (self.scale * sin_embedding(positions, x.shape[-1], self.max_period)).to(x.dtype)
 
-    def tables(self, positions: torch.Tensor) -> torch.Tensor | None:
-        return rope_rotation(positions, self.head_dim, self.max_period) if self.rope else None
+    def tables(self, positions: torch.Tensor) -> Rope | None:
+        return Rope(rope_rotation(positions, self.head_dim, self.max_period), self.interleaved) if self.rope else None
 
 
-def _rope(x: torch.Tensor, tables: torch.Tensor | None) -> torch.Tensor:
-    return x if tables is None else apply_rope(x, tables)
+def _rope(x: torch.Tensor, rope: Rope | None) -> torch.Tensor:
+    return x if rope is None else rope(x)
 
 
 # ---------------------------------------------------------------------------------------- temporal

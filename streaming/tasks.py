@@ -243,12 +243,13 @@ class SpeechTask(_Sampling):
 
     idle = "pause"
 
-    def __init__(self, lm, codec, slots: int, voice=None, cfg: float | None = 2.0, tokenizer=None, **sampling):
+    def __init__(self, lm, codec, slots: int, voice=None, cfg: float | None = 2.0, tokenizer=None, cfg_coef: float = 1.0,
+                 **sampling):
         from antiphon.lm.tasks import Speaker
 
         self.lm, self.codec, self.slots, self.device = lm, codec, slots, lm.device
         cfg_value = cfg if lm.is_conditioned else None
-        self.runner = Speaker(lm, slots, voice=voice, cfg=cfg_value, tokenizer=tokenizer, **sampling)
+        self.runner = Speaker(lm, slots, voice=voice, cfg=cfg_value, tokenizer=tokenizer, cfg_coef=cfg_coef, **sampling)
         self.default_voice = voice
         self.own_voice = np.zeros(slots, dtype=bool)  # slots whose session gave its own voice (VoiceIn)
         _check_codec(lm, codec, lm.config.n_q - lm.config.dep_q)

@@ -133,6 +133,8 @@ def test_speak_errors(capsys, tmp_path, tts_dir, stt_dir):
     assert "nothing to speak" in _error(capsys)
     assert main(["speak", "hello", "-o", str(tmp_path / "no" / "out.wav"), "--model", model]) == 2
     assert "does not exist" in _error(capsys)
+    assert main(["speak", "hello", "-o", out, "--model", model, "--voice", voice, "--cfg-coef", "2"]) == 2
+    assert "CFG distillation" in _error(capsys)  # the tiny TTS has a cfg conditioner
 
 
 # ---------------------------------------------------------------------------------------- --url: through a server
@@ -203,6 +205,8 @@ def test_url_mode_errors(capsys, tmp_path, speech):
     assert "not both" in _error(capsys)
     assert main(["speak", "hi", "-o", out, "--api-key", "k"]) == 2
     assert "--api-key goes with --url" in _error(capsys)
+    assert main(["speak", "hi", "-o", out, "--url", "ws://127.0.0.1:9", "--cfg-coef", "2"]) == 2
+    assert "--cfg-coef applies to a local model" in _error(capsys)
     with server_thread(stt_script, api_key="sesame") as (url, _):
         assert main(["transcribe", speech, "--url", url]) == 2
         assert "HTTP 401" in _error(capsys)

@@ -106,3 +106,18 @@ def test_cfg_generation_equals_the_reference(tmp_path):
     got = [gen.step(codes) for codes in inputs]
     for step, (g, want) in enumerate(zip(got, expected)):
         assert (g is None) == (want is None) and (g is None or torch.equal(g, want)), step
+
+
+def test_cfg_without_text_equals_the_reference(tmp_path):
+    """cfg_coef 3 on an unconditioned model, the null rows reading no text (cfg_is_no_text): the audio
+    is guided, the text sampled from the conditioned rows."""
+    config = CONFIGS["moshi"]
+    reference, lm = _pair(config, tmp_path)
+    inputs = _inputs(config, 2)
+    expected, _ = _run_reference(reference, inputs, False, cfg_coef=3.0, cfg_is_no_text=True)
+    unguided, _ = _run_reference(reference, inputs, False)
+    gen = lm.generator(2, temp=0, temp_text=0, cfg_coef=3.0, cfg_is_no_text=True)
+    got = [gen.step(codes) for codes in inputs]
+    for step, (g, want) in enumerate(zip(got, expected)):
+        assert (g is None) == (want is None) and (g is None or torch.equal(g, want)), step
+    assert any(not torch.equal(a, b) for a, b in zip(expected, unguided) if a is not None)  # guidance acted

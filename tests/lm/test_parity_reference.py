@@ -48,3 +48,24 @@ def test_teacher_forced_logits_equal_the_reference(family, tmp_path):
     assert out.logits.shape == (3, config.dep_q, STEPS, config.card)
     if config.dep_q:
         assert out.mask.any() and not out.mask.all()  # delays and zero tokens leave holes
+
+
+def test_rope_concat_equals_the_reference(tmp_path):
+    """The non-interleaved RoPE ("rope_concat": channel i pairs with i + head_dim/2), in both
+    transformers; the interleaved logits would differ."""
+    import dataclasses
+
+    from moshi.utils.compile import no_compile
+
+    config = dataclasses.replace(FAMILIES["moshi"], positional_embedding="rope_concat", depformer_pos_emb="rope_concat")
+    reference = make_reference_lm(config, seed=3)
+    lm = LM.from_pretrained(save_reference_checkpoint(reference, config, tmp_path / "concat"))
+    interleaved = dataclasses.replace(config, positional_embedding="rope", depformer_pos_emb="rope")
+    lm_interleaved = LM.from_pretrained(save_reference_checkpoint(reference, interleaved, tmp_path / "interleaved"))
+    codes = random_codes(config, batch=2, steps=STEPS, seed=4)
+    with torch.no_grad(), no_compile():
+        expected = reference(codes)
+    out = lm(codes)
+    torch.testing.assert_close(out.text_logits, expected.text_logits, atol=ATOL, rtol=0, equal_nan=True)
+    torch.testing.assert_close(out.logits, expected.logits.float(), atol=ATOL, rtol=0, equal_nan=True)
+    assert not torch.allclose(lm_interleaved(codes).text_logits.nan_to_num(), out.text_logits.nan_to_num(), atol=1e-3)

@@ -189,6 +189,8 @@ def test_speaker_checks():
         Speaker(lm, 1, voice=torch.randn(1, SPEAKER_DIM, 4), cfg=1.7, tokenizer=LetterTokenizer())
     with pytest.raises(InputError, match="needs a TTS model"):
         Speaker(make_tiny_lm(dataclasses.replace(TTS, tts_config={})), 1)
+    with pytest.raises(InputError, match="CFG distillation"):
+        Speaker(lm, 1, voice=torch.randn(1, SPEAKER_DIM, 4), cfg_coef=2.0, tokenizer=LetterTokenizer())
     speaker = Speaker(lm, 1, voice=torch.randn(1, SPEAKER_DIM, 4), tokenizer=LetterTokenizer())
     with pytest.raises(InputError, match="slot must be"):
         speaker.push(1, "hello")
