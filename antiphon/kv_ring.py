@@ -17,6 +17,11 @@ while k <= PIECE - T (k <= 7 for the one-step calls of generation); a longer pau
 k - (PIECE - T) past steps of the window of its first step (fewer for the next steps, as the window
 slides past the pause), and from k = context + PIECE - 1 - T on the slot sees none of its past. Pauses
 add up: the steps paused within the slot's window count together.
+
+With `live_window` (the LM's rings), attention reads only the ring's live window: the columns written since the oldest slot's reset (at most
+the whole ring), so a young session does not pay for the full context. The window is the contiguous run
+of columns ending at this piece's last one; while it would wrap past the ring's end, the whole ring is
+read. Outside the window every column is masked for every slot, so the result is the same.
 """
 
 from __future__ import annotations
@@ -36,13 +41,14 @@ class Step:
 
     positions: torch.Tensor
     index: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor  # [B, 1, T, W]: over the live window only
+    window: slice  # the ring columns attention reads
 
 
 class KVRing:
     def __init__(self, layers: int, batch_size: int, kv_heads: int, head_dim: int, context: int,
-                 device: torch.device, dtype: torch.dtype):
-        self.context = context
+                 device: torch.device, dtype: torch.dtype, live_window: bool = True):
+        self.context, self.live_window = context, live_window
         self.capacity = context + PIECE - 1
         shape = (layers, batch_size, kv_heads, self.capacity, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)  # [L, B, KH, R, hd]
@@ -50,12 +56,15 @@ class KVRing:
         self.key_positions = torch.full((batch_size, self.capacity), -1, device=device, dtype=torch.long)
         self.offset = torch.zeros(batch_size, device=device, dtype=torch.long)  # steps seen per slot
         self.pointer = 0  # next ring index, shared by all slots
+        self.ages = [0] * batch_size  # host: ring steps written since each slot's reset (at most capacity)
+        self.window = slice(0, self.capacity)
         self.active: torch.Tensor | None = None  # [B] bool while only these slots advance (`hold`)
 
     def reset(self, mask: torch.Tensor) -> None:
         """Restart the slots where `mask` [B] is true."""
         self.key_positions.masked_fill_(mask[:, None], -1)
         self.offset.masked_fill_(mask, 0)
+        self.ages = [0 if m else age for m, age in zip(mask.tolist(), self.ages)]  # a host read, outside steps
 
     def hold(self, active: torch.Tensor) -> Callable[[], None]:
         """Until the returned function is called, `end` advances only the slots where `active` [B] (bool)
@@ -74,17 +83,28 @@ class KVRing:
         device = self.offset.device
         positions = self.offset[:, None] + torch.arange(steps, device=device)  # [B, T]
         index = (self.pointer + torch.arange(steps, device=device)) % self.capacity
-        key_positions = self.key_positions.index_copy_(1, index, positions)  # [B, R]
-        delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, R]
+        self.window = self._live_window(steps)
+        key_positions = self.key_positions.index_copy_(1, index, positions)[:, self.window]  # [B, W]
+        delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, W]
         allowed = (key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context)
-        return Step(positions, index, additive_mask(allowed, self.keys.dtype)[:, None])
+        return Step(positions, index, additive_mask(allowed, self.keys.dtype)[:, None], self.window)
+
+    def _live_window(self, steps: int) -> slice:
+        """The columns holding any slot's keys once this piece is written: the last min(capacity, oldest
+        age + steps) ring steps, as one slice; the whole ring when that run wraps past the end."""
+        span = min(self.capacity, max(self.ages) + steps)
+        stop = self.pointer + steps
+        if not self.live_window or stop > self.capacity or stop < span:
+            return slice(0, self.capacity)
+        return slice(stop - span, stop)
 
     def write(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, KH, T, hd] of `layer` at `index`; returns that layer's whole ring [B, KH, R, hd]."""
+        """Store k, v [B, KH, T, hd] of `layer` at `index`; returns that layer's live window of the ring
+        [B, KH, W, hd] (the columns of `begin`'s mask)."""
         keys, values = self.keys[layer], self.values[layer]
         keys.index_copy_(2, index, k)
         values.index_copy_(2, index, v)
-        return keys, values
+        return keys[:, :, self.window], values[:, :, self.window]
 
     def end(self, steps: int) -> None:
         """Close the piece that `begin(steps)` opened: the slots advance by `steps`, except, while
@@ -95,6 +115,7 @@ class KVRing:
         else:
             self.offset += steps
         self.pointer = (self.pointer + steps) % self.capacity
+        self.ages = [min(self.capacity, age + steps) for age in self.ages]
 
     def _forget_paused(self, steps: int, active: torch.Tensor) -> None:
         """Key position -1 in the columns of this piece for the slots where `active` [B] is false."""

@@ -90,7 +90,10 @@ class CodecTransformer(Stateful):
 
     def init_state(self, batch_size: int) -> KVRing:
         w = self.layers[0].self_attn.in_proj_weight
-        return KVRing(len(self.layers), batch_size, self.num_heads, self.head_dim, self.context, w.device, w.dtype)
+        # the whole ring: a 10 s context would save only a session's first seconds, and a shorter read
+        # changes float rounding, so near-tie codes (codec parity) would move
+        return KVRing(len(self.layers), batch_size, self.num_heads, self.head_dim, self.context, w.device, w.dtype,
+                      live_window=False)
 
     def reset_state(self, state: KVRing, mask: torch.Tensor) -> None:
         state.reset(mask)

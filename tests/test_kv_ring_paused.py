@@ -25,7 +25,7 @@ def visible_past(ring: KVRing, pieces: int, slot: int) -> set[int]:
     """The positions the first step of a piece of `pieces` steps attends to, for `slot`, but its own."""
     step = ring.begin(pieces)
     allowed = step.mask[slot, 0, 0] == 0
-    return {int(p) for p in ring.key_positions[slot][allowed]} - {int(step.positions[slot, 0])}
+    return {int(p) for p in ring.key_positions[slot, step.window][allowed]} - {int(step.positions[slot, 0])}
 
 
 @pytest.mark.parametrize("pieces", [1, 2, PIECE])
