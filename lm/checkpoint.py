@@ -11,22 +11,31 @@ the reference.
 A source is a local directory, a .safetensors file, or a Hugging Face repo id. The repository's
 config.json names the weights (`moshi_name`), the codec (`mimi_name`) and the text tokenizer
 (`tokenizer_name`); a name may also be `hf://owner/repo/path`. No config.json means Moshi 7B.
+
+Two stored forms load too, turned into plain weights at load time (lm.weight_formats): Kyutai's q8
+files (`"quantize": true`: int8 Linear weights + row scales, dequantized to the model's dtype) and
+moshi-finetune's LoRA outputs (`"lora": true`: adapters in `lora_name`, default `lora.safetensors`,
+found like the other files of the source and merged into the base weights).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from antiphon import embedded
 from antiphon.checkpoint_io import HubRepo, check_tensors, read_safetensors
 from antiphon.errors import CheckpointError
-from antiphon.lm.config import LMConfig
+from antiphon.lm.config import MOSHI_NAME, LMConfig, WeightsFormat
+from antiphon.lm.layers import Embedding
 from antiphon.lm.model import LM
+from antiphon.lm.weight_formats import dequantize_int8, merge_lora
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +89,12 @@ class Source:
         return path
 
 
-def read_config(source: Source) -> LMConfig:
+def read_config(source: Source) -> tuple[LMConfig, WeightsFormat]:
     path = source.fetch("config.json", required=False)
     if path is None:
         logger.warning("%s has no config.json: assuming Moshi 7B", source)
-        return LMConfig()
-    return LMConfig.from_json(path)
+        return LMConfig(), WeightsFormat()
+    return LMConfig.from_json(path), WeightsFormat.from_json(path)
 
 
 # ---------------------------------------------------------------------- state-dict translation
@@ -136,19 +145,28 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def load_lm(source: str | Path, device=None, dtype=None) -> LM:
+    """The LM of a source (see the module's docstring). q8 weights are dequantized and LoRA adapters
+    merged here, on the CPU state dict, so the model is a plain one in `dtype`: `save_pretrained` writes
+    a plain checkpoint (`model.safetensors` for a q8 source)."""
     where, weights = Source.parse(embedded.resolve(source))
-    config = read_config(where)
+    config, stored = read_config(where)
     weights = weights or where.fetch(config.moshi_name)
+    adapters = _fetch_adapters(where, stored)
     device = torch.device(device) if device is not None else torch.device("cpu")
     dtype = dtype or default_dtype(device)
     logger.info("loading LM from %s", weights)
-    state = read_safetensors(weights)
+    if stored.quantize:  # what the model saves is not q8
+        config = dataclasses.replace(config, moshi_name=MOSHI_NAME)
     with torch.device("meta"):
-        model = LM(config)
-    state = released_to_antiphon(state, model, str(weights))  # checked before any memory is allocated
-    model = model.to(dtype=dtype)
+        model = LM(config).to(dtype=dtype)
     if model.is_conditioned:
         model.condition_provider.float()
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    state = dequantize_int8(read_safetensors(weights), stored.quantize, lambda k: dtypes.get(k, dtype), str(weights))
+    state = released_to_antiphon(state, model, str(weights))  # checked before the model is allocated
+    if adapters is not None:
+        state = merge_lora(state, read_safetensors(adapters), stored.lora_rank, stored.lora_scaling,
+                           _linear_weights(model), str(adapters))
     model = model.to_empty(device=device)
     model.load_state_dict(state)
     if config.model_type == "hibiki":
@@ -157,6 +175,22 @@ def load_lm(source: str | Path, device=None, dtype=None) -> LM:
             model.text_emb.weight[2] = model.text_emb.weight[3]
     model.source = where
     return model.eval()
+
+
+def _fetch_adapters(where: Source, stored: WeightsFormat) -> Path | None:
+    if not stored.lora:
+        return None
+    try:
+        return where.fetch(stored.lora_name)
+    except CheckpointError as e:
+        raise CheckpointError(f"config.json says \"lora\": true but the LoRA adapters are missing: {e}") from None
+
+
+def _linear_weights(model: LM) -> dict[str, torch.dtype]:
+    """The model's Linear weights (every matrix but the embedding tables) -> their dtype."""
+    tables = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (Embedding, nn.Embedding))}
+    return {k: p.dtype for k, p in model.named_parameters()
+            if k.endswith("weight") and p.dim() >= 2 and k not in tables}
 
 
 def save_lm(model: LM, directory: str | Path) -> Path:

@@ -7,7 +7,8 @@ which is not always Moshi 7B's value (e.g. depformer_pos_emb defaults to "sin");
 `config.json` is Moshi 7B (`LMConfig()`, the dataclass defaults).
 
 Keys that would change the architecture to one antiphon does not build raise a CheckpointError
-naming the key; keys antiphon does not know are logged as a warning and ignored.
+naming the key; keys antiphon does not know are logged as a warning and ignored. `quantize` and the
+`lora*` keys say how the weights are stored, not what the model is: they are read by WeightsFormat.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 MOSHI_NAME = "model.safetensors"
 MIMI_NAME = "tokenizer-e351c8d8-checkpoint125.safetensors"
 TOKENIZER_NAME = "tokenizer_spm_32k_3.model"
+LORA_NAME = "lora.safetensors"  # the adapters file moshi-finetune writes beside its config.json
 
 NORMS = ("rms_norm_f32", "rms_norm", "layer_norm", "layer_norm_f32")
 GATINGS = ("none", "silu", "gelu", "relu", "sigmoid", "tanh", "elu", "leaky_relu", "mish", "softsign")
@@ -199,11 +201,6 @@ class LMConfig(KyutaiJsonConfig):
             if key in cfg and cfg.pop(key) not in supported:
                 raise CheckpointError(f"LM config key {key!r} is not supported (antiphon builds "
                                       f"{' or '.join(map(repr, supported))})")
-        for key in _NOT_IMPLEMENTED:
-            if cfg.get(key):
-                raise CheckpointError(f"LM config key {key!r} ({cfg[key]!r}) changes the architecture in a way "
-                                      f"antiphon does not implement yet")
-            cfg.pop(key, None)
         for key in _IGNORED:
             cfg.pop(key, None)
         if "demux_second_text_stream" in cfg:
@@ -246,6 +243,37 @@ class LMConfig(KyutaiJsonConfig):
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightsFormat(KyutaiJsonConfig):
+    """How a repository's config.json says the LM weights are stored. lm.weight_formats turns both
+    kinds into plain weights at load, so the loaded model is the plain architecture of its LMConfig."""
+
+    WHAT = "LM config"  # in errors
+
+    quantize: bool = False  # `moshi_name` holds int8 Linear weights + float32 row scales (Kyutai's q8)
+    lora: bool = False  # LoRA adapters in `lora_name`, merged into the base weights (moshi-finetune)
+    lora_rank: int = 128  # the reference loader's defaults
+    lora_scaling: float = 2.0
+    lora_name: str | None = None  # with lora: LORA_NAME when not given
+
+    def __post_init__(self) -> None:
+        for key in ("quantize", "lora"):
+            if not isinstance(getattr(self, key), bool):
+                raise CheckpointError(f"LM config: {key} must be true or false, got {getattr(self, key)!r}")
+        if self.lora_name is not None and not self.lora:
+            raise CheckpointError(f"LM config: lora_name={self.lora_name!r} needs lora: true")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 1:
+            raise CheckpointError(f"LM config: lora_rank must be a positive integer, got {self.lora_rank!r}")
+        if not isinstance(self.lora_scaling, (int, float)):
+            raise CheckpointError(f"LM config: lora_scaling must be a number, got {self.lora_scaling!r}")
+
+    @classmethod
+    def from_kyutai(cls, cfg: dict) -> "WeightsFormat":
+        out = {f.name: cfg[f.name] for f in dataclasses.fields(cls) if cfg.get(f.name) not in (None, "")}
+        if out.get("lora") is True:
+            out.setdefault("lora_name", LORA_NAME)
+        return cls(**out)
+
 
 # The reference LM constructor's defaults, for keys a config.json leaves out.
 _REFERENCE_DEFAULTS: dict[str, Any] = {
@@ -260,10 +288,8 @@ _REFERENCE_DEFAULTS: dict[str, Any] = {
     "conditioners": {}, "fuser": {}, "cross_attention": False,
 }
 # Keys whose only supported values are listed.
-_FIXED: dict[str, tuple] = {"causal": (True,), "bias_proj": (False,), "norm_emb": (False,), "quantize": (False,),
-                            "lora": (False,), "skip_self_attn": (False,), "depformer_skip_self_attn": (False,)}
-# Keys that add modules antiphon does not build yet: an error when set to anything truthy.
-_NOT_IMPLEMENTED = ("lora_name",)
-# Training-only or overridden keys of the format.
-_IGNORED = ("depformer_context", "depformer_causal", "gradient_checkpointing", "betas", "lora_rank",
-            "lora_scaling", "model_id")
+_FIXED: dict[str, tuple] = {"causal": (True,), "bias_proj": (False,), "norm_emb": (False,),
+                            "skip_self_attn": (False,), "depformer_skip_self_attn": (False,)}
+# Training-only or overridden keys of the format, and those of WeightsFormat (how the weights are stored).
+_IGNORED = ("depformer_context", "depformer_causal", "gradient_checkpointing", "betas", "model_id",
+            "quantize", "lora", "lora_rank", "lora_scaling", "lora_name")

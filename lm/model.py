@@ -84,6 +84,8 @@ class LM(nn.Module):
     def from_pretrained(cls, source: str | Path, device=None, dtype=None) -> "LM":
         """Load from a Hugging Face repo id or a local directory (config.json + `moshi_name` weights in the
         released format; no config.json means Moshi 7B). Default dtype: bf16 on GPU, fp32 on CPU.
+        Kyutai's q8 weights (`"quantize": true`) are dequantized to that dtype, and moshi-finetune's LoRA
+        adapters (`"lora": true`, file `lora_name`) merged, at load: the model is a plain one.
         `lm.codec` and `lm.tokenizer` load on first use from the same source."""
         from antiphon.lm.checkpoint import load_lm
 

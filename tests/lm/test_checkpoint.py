@@ -119,7 +119,7 @@ def test_config_errors_name_the_key(saved, caplog):
         LM.from_pretrained(saved)
     assert "future_knob" in caplog.text
     for key, value in (("cross_attention", True), ("conditioners", {"description": {}}), ("quantize", True),
-                       ("norm", "batch_norm"), ("depformer_pos_emb", "rope_concat")):
+                       ("lora_name", "x"), ("norm", "batch_norm"), ("depformer_pos_emb", "alibi")):
         (saved / "config.json").write_text(json.dumps(raw | {key: value}))
         with pytest.raises(CheckpointError, match=key):
             LM.from_pretrained(saved)
