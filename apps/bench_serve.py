@@ -152,7 +152,7 @@ async def _client(url: str, audio: np.ndarray, grace: float) -> tuple[list[float
 def serve_run(lm, codec, slots: int, seconds: float, warmup: int, tick_ms: float = TICK_MS,
               grace: float = GRACE_S) -> dict:
     """One run: an engine of `slots` slots and as many clients for `seconds`; its figures (see the module)."""
-    from antiphon.apps.serve_cmd import build_server
+    from antiphon.apps.serve_cmd import build_server, run_beside_engine
 
     server = build_server(lm, codec, slots, interval=tick_ms / 1000,
                           rng=torch.Generator(lm.device).manual_seed(0), **SAMPLING)
@@ -175,9 +175,8 @@ def serve_run(lm, codec, slots: int, seconds: float, warmup: int, tick_ms: float
 
     if warmup > 0:
         engine.warmup(warmup)
-    engine.start()
     try:
-        sessions = asyncio.run(clients())
+        sessions = run_beside_engine(engine, clients())  # the tick on this thread, as `antiphon serve`
     finally:
         engine.close()
     ticks = engine.stats.summary()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import threading
 
 from antiphon.apps.devices import parse_device
 from antiphon.apps.help import Formatter
@@ -95,10 +96,33 @@ def run_serve(args: argparse.Namespace) -> int:
                           **options)
     server.engine.warmup()
     try:
-        asyncio.run(_serve_forever(server, args.host, args.port))
+        run_beside_engine(server.engine, _serve_forever(server, args.host, args.port))
     finally:
         server.engine.close()
     return 0
+
+
+def run_beside_engine(engine, network):
+    """Run the coroutine `network` on an asyncio loop in a thread of its own while the engine ticks on
+    this one (Engine.run: the tick stays on the thread that warmed the model up); the engine stops when
+    the coroutine ends. Returns its result, or raises its exception."""
+    outcome: dict = {}
+
+    def serve() -> None:
+        try:
+            outcome["result"] = asyncio.run(network)
+        except BaseException as e:  # handed to the engine's thread below
+            outcome["error"] = e
+        finally:
+            engine.stop()
+
+    thread = threading.Thread(target=serve, name="antiphon-network", daemon=True)
+    thread.start()
+    engine.run()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
 
 
 def slot_bytes(lm) -> int:
@@ -156,7 +180,6 @@ def build_server(lm, codec, slots: int, tokenizer=None, api_keys=None, auth_requ
 
 
 async def _serve_forever(server, host: str, port: int) -> None:
-    server.engine.start()
     async with server.serve(host, port) as ws_server:
         port = ws_server.sockets[0].getsockname()[1]  # the one the system chose for --port 0
         routes = ", ".join(f"ws://{host}:{port}{route}" for route in server.routes)

@@ -5,7 +5,8 @@
 
 Every tick advances the live slots together with fixed shapes [B, ...]; the task (streaming.tasks) does
 the batched model work: codec encode, LM step, codec decode, and decides which slots move (the rest stay
-bit-identical). The tick runs on its own thread (`start()`), or by hand (`tick()`, for tests). The network
+bit-identical). The tick runs on the calling thread (`run()`, until `stop()`), on a thread of its own
+(`start()`), or by hand (`tick()`, for tests). The network
 talks to it only through `admit` / `submit` / `leave` and the per-session sink it gives at admission (a
 thread-safe, non-blocking callable that receives `SlotReady`, the task's events and `EngineFailed`).
 
@@ -147,14 +148,24 @@ class Engine:
             logger.exception("session %s: its sink failed; dropping the session", session)
             self.leave(session)
 
-    # ------------------------------------------------------------------ warm-up and the tick thread
+    # ------------------------------------------------------------------ warm-up and the tick loop
     def warmup(self, ticks: int = 4) -> None:
         """Run `ticks` steps on silence (or nothing, for TTS) for every slot (reference §3.3), then reset all slots."""
         with torch.inference_mode():
             self.task.warmup(ticks)
 
+    def run(self) -> None:
+        """Tick every `interval` seconds on the calling thread until `stop()` (from any thread). A server
+        runs it on the thread that loaded the model and warmed up, its network on another: on CPU, OpenMP
+        keeps one worker pool per thread that ran parallel torch work, and with two pools and no spare
+        cores libgomp stops spinning between parallel regions, so each pays a wake-up (measured on 2
+        cores: a 23 ms LM step takes 36 ms on a second thread). After an engine failure it waits for
+        `stop()` (the sessions were told)."""
+        self._run()
+        self._stop.wait()
+
     def start(self) -> None:
-        """Run the tick every `interval` seconds on a thread of its own."""
+        """Run the tick every `interval` seconds on a thread of its own (tests; `run()` is faster on CPU)."""
         if self._thread is not None:
             raise RuntimeError("the engine is already running")
         self._stop.clear()
@@ -162,8 +173,9 @@ class Engine:
         self._thread.start()
 
     def stop(self) -> None:
+        """End `run()` or the `start()` thread (waiting for the thread)."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
             self._thread = None
 

@@ -57,3 +57,48 @@ def test_slots_follow_free_memory_and_state_size():
     assert slots_for(2**50, per_slot) == MAX_AUTO_SLOTS
     with pytest.raises(InputError, match="not enough free GPU memory"):
         slots_for(per_slot // 2, per_slot)
+
+
+def _engine():
+    import torch
+    from antiphon.streaming.engine import Engine
+
+    from tests.streaming.tiny_pair import make_pair
+
+    return Engine(*make_pair(), 1, interval=0.01, rng=torch.Generator().manual_seed(0))
+
+
+def test_the_engine_ticks_on_the_calling_thread_beside_the_network():
+    import threading
+
+    from antiphon.apps.serve_cmd import run_beside_engine
+
+    engine = _engine()
+    threads, tick = [], engine.tick
+    engine.tick = lambda: (threads.append(threading.current_thread()), tick())[1]
+
+    async def network():
+        await asyncio.sleep(0.1)
+        return threading.current_thread()
+
+    try:
+        network_thread = run_beside_engine(engine, network())
+    finally:
+        engine.close()
+    assert len(threads) >= 3 and set(threads) == {threading.current_thread()}
+    assert network_thread is not threading.current_thread()
+
+
+def test_a_failing_network_stops_the_engine_and_raises():
+    from antiphon.apps.serve_cmd import run_beside_engine
+
+    engine = _engine()
+
+    async def network():
+        raise OSError("address already in use")
+
+    try:
+        with pytest.raises(OSError, match="address already in use"):
+            run_beside_engine(engine, network())
+    finally:
+        engine.close()
