@@ -263,6 +263,43 @@ def test_translation_route_audio_both_ways_and_end_turn():
     asyncio.run(main())
 
 
+class AlwaysEos(torch.nn.Module):
+    """A text head that always says EOS (id 2): a tiny Hibiki that ends its translation as soon as the
+    source has ended (an EOS before that reads as PAD)."""
+
+    def __init__(self, text_card: int):
+        super().__init__()
+        self.text_card = text_card
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden.new_zeros(hidden.shape[:-1] + (self.text_card,))
+        logits[..., 2] = 50.0
+        return logits
+
+
+def test_translation_ends_with_the_model_eos_after_end_turn_and_frees_the_slot():
+    async def main():
+        async with running("translation") as (server, port):
+            lm = server.engine.lm
+            lm.text_linear = AlwaysEos(lm.text_linear.weight.shape[0])
+            async with connect(f"ws://127.0.0.1:{port}/api/translate") as ws:
+                assert await asyncio.wait_for(ws.recv(), 5) == build(Handshake())
+                for page in opus_pages(6):
+                    await ws.send(build(Audio(page)))
+                await asyncio.sleep(20 * TICK)  # the source is still open: EOS reads as PAD, nothing ends
+                assert ws.state.name == "OPEN"
+                await ws.send(build(Control(ControlAction.END_TURN)))
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        parse_server_message(await asyncio.wait_for(ws.recv(), 10))
+                assert closed.value.rcvd.code == 1000 and closed.value.rcvd.reason == "translation complete"
+            await until(lambda: server.engine.scheduler.free_slots == 2)
+            status, body = await http(port, "GET", "/api/health")
+            assert status == 200 and json.loads(body)["free_slots"] == 2
+
+    asyncio.run(main())
+
+
 def test_idle_session_is_closed():
     async def main():
         async with running("stt", idle_timeout=0.3) as (server, port):
