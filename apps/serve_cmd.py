@@ -59,6 +59,11 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=42424242, help="sampling seed (default: 42424242, as moshi's server)")
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
                    help="close a session whose client sends nothing for S seconds while its input is open (default: 30)")
+    p.add_argument("--queue", type=int, default=0, metavar="N",
+                   help="sessions that may wait for a slot when all are busy, first come first served (default: 0, "
+                        "refuse at once with 'no free channels')")
+    p.add_argument("--queue-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds a queued session waits for a slot before it is refused (default: 30)")
     p.add_argument("--voice", metavar="FILE", help="TTS: the default voice (a speaker-embedding .safetensors file)")
     p.add_argument("--voices", metavar="DIR", help="TTS: a directory of voice files that clients name with ?voice=")
     p.set_defaults(run=run_serve)
@@ -90,10 +95,12 @@ def run_serve(args: argparse.Namespace) -> int:
         options["voice"] = args.voice
     if args.idle_timeout <= 0:
         raise InputError(f"--idle-timeout must be positive, got {args.idle_timeout}")
+    if args.queue < 0 or args.queue_timeout <= 0:
+        raise InputError(f"--queue must be >= 0 and --queue-timeout positive, got {args.queue} and {args.queue_timeout}")
     slots = args.slots or default_slots(lm)
     server = build_server(lm, lm.codec, slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
                           interval=args.tick_ms / 1000, rng=rng, voices=args.voices, idle_timeout=args.idle_timeout,
-                          **options)
+                          queue_size=args.queue, queue_timeout=args.queue_timeout, **options)
     server.engine.warmup()
     try:
         run_beside_engine(server.engine, _serve_forever(server, args.host, args.port))
@@ -160,7 +167,7 @@ def slots_for(free_bytes: int, per_slot_bytes: int) -> int:
 
 def build_server(lm, codec, slots: int, tokenizer=None, api_keys=None, auth_required: bool = False,
                  interval: float = 0.08, max_message_bytes: int | None = None, voices=None, idle_timeout: float = 30.0,
-                 **options):
+                 queue_size: int = 0, queue_timeout: float = 30.0, **options):
     """A Server over a new Engine(lm, codec, slots) (not started: call server.engine.start()). `options` go to
     the engine's task (sampling; TTS voice, cfg; translation quality, cfg_coef)."""
     from antiphon.streaming.auth import DEFAULT_KEYS
@@ -176,7 +183,8 @@ def build_server(lm, codec, slots: int, tokenizer=None, api_keys=None, auth_requ
     piece = tokenizer_pieces(tokenizer) if tokenizer is not None else id_pieces
     text = (lambda ids: tokenizer.decode(list(ids)).strip()) if tokenizer is not None else None
     return Server(engine, piece=piece, text=text, api_keys=api_keys or DEFAULT_KEYS, auth_required=auth_required,
-                  max_message_bytes=max_message_bytes or MAX_MESSAGE_BYTES, voices=voices, idle_timeout=idle_timeout)
+                  max_message_bytes=max_message_bytes or MAX_MESSAGE_BYTES, voices=voices, idle_timeout=idle_timeout,
+                  queue_size=queue_size, queue_timeout=queue_timeout)
 
 
 async def _serve_forever(server, host: str, port: int) -> None:

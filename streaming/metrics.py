@@ -37,8 +37,9 @@ class TickStats:
                 "mean_s": self.total / self.count if self.count else 0.0}
 
 
-def prometheus(engine, errors: Counter) -> str:
-    """The Prometheus text exposition of the engine's state and the server's errors by kind."""
+def prometheus(engine, errors: Counter, queued: int = 0) -> str:
+    """The Prometheus text exposition of the engine's state, the sessions waiting for a slot and the
+    server's errors by kind."""
     ticks = engine.stats.summary()
     lines = []
 
@@ -50,6 +51,7 @@ def prometheus(engine, errors: Counter) -> str:
     metric("live_sessions", "gauge", "Sessions holding a slot.", [("", engine.scheduler.live_sessions)])
     metric("free_slots", "gauge", "Slots free for a new session.", [("", engine.scheduler.free_slots)])
     metric("slots", "gauge", "Slots of the engine.", [("", engine.scheduler.slots)])
+    metric("queued_sessions", "gauge", "Sessions waiting for a free slot.", [("", queued)])
     metric("tick_seconds", "summary", "Duration of the engine ticks that did work (recent window).",
            [('{quantile="0.5"}', ticks["p50_s"]), ('{quantile="0.99"}', ticks["p99_s"]),
             ("_sum", engine.stats.total), ("_count", ticks["count"])])

@@ -43,10 +43,12 @@ IDLE_MODES = ("silence", "pause")
 
 
 class NoFreeSlot(ProtocolError):
-    """Every slot is taken: the client gets an Error at once and the socket closes with 1013."""
+    """Every slot is taken (and the admission queue, if any, has no place or waited too long): the client
+    gets an Error and the socket closes with 1013."""
 
-    def __init__(self, slots: int):
-        super().__init__(f"no free channels: all {slots} slots are busy, try again later", CLOSE_TRY_AGAIN_LATER)
+    def __init__(self, slots: int, message: str | None = None):
+        super().__init__(message or f"no free channels: all {slots} slots are busy, try again later",
+                         CLOSE_TRY_AGAIN_LATER)
 
 
 @dataclass(frozen=True)

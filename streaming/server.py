@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.protocol import State
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -76,6 +77,7 @@ from .frames import (
 from .http_post import HttpOrWebSocket, PostRequest
 from .metrics import prometheus
 from .query import parse_query_string
+from .admission import AdmissionQueue
 from .scheduler import NoFreeSlot
 from .session import ChatSession, SttSession, TtsSession, id_pieces
 
@@ -95,13 +97,16 @@ POST_FLUSH_SECONDS = 10.0  # STT POST: at most this much silence after the audio
 class Server:
     """`Server(engine, ...)`: the routes of the engine's task. `piece(id)` renders a text token (dialogue,
     translation); `text(ids)` a word's tokens (STT). `voices`: a directory of speaker-embedding files that
-    TTS sessions name with `?voice=` (relative paths inside it)."""
+    TTS sessions name with `?voice=` (relative paths inside it). `queue_size` sessions may wait up to
+    `queue_timeout` seconds for a slot when all are busy (streaming.admission; 0: refused at once)."""
 
     def __init__(self, engine, piece: Callable[[int], str] = id_pieces, text: Callable[[list[int]], str] | None = None,
                  api_keys: Iterable[str] = DEFAULT_KEYS, auth_required: bool = False,
                  max_message_bytes: int = MAX_MESSAGE_BYTES, idle_timeout: float = 30.0, ping_interval: float = 10.0,
-                 ping_timeout: float = 20.0, voices: Path | None = None):
+                 ping_timeout: float = 20.0, voices: Path | None = None, queue_size: int = 0,
+                 queue_timeout: float = 30.0):
         self.engine, self.piece = engine, piece
+        self.admission = AdmissionQueue(engine, queue_size, queue_timeout)
         self.text = text or (lambda ids: "".join(piece(i) for i in ids).strip())
         self.api_keys, self.auth_required = frozenset(api_keys), auth_required
         self.max_message_bytes, self.idle_timeout = max_message_bytes, idle_timeout
@@ -132,12 +137,14 @@ class Server:
         if path == "/api/health":
             failed = self.engine.failed is not None
             body = {"status": "failed" if failed else "ok", "task": self.engine.kind, "slots": self.engine.slots,
-                    "free_slots": self.engine.scheduler.free_slots, "live_sessions": self.engine.scheduler.live_sessions}
+                    "free_slots": self.engine.scheduler.free_slots, "live_sessions": self.engine.scheduler.live_sessions,
+                    "queued": self.admission.waiting}
             return response(503 if failed else 200, json.dumps(body), "application/json")
         if path == "/api/modules_info":
             return response(200, json.dumps(self.modules_info()), "application/json")
         if path == "/metrics":
-            return response(200, prometheus(self.engine, self.errors), "text/plain; version=0.0.4; charset=utf-8")
+            return response(200, prometheus(self.engine, self.errors, self.admission.waiting),
+                            "text/plain; version=0.0.4; charset=utf-8")
         if path not in self.routes:
             return response(404, f"no route {path} for this {self.engine.kind} server; try "
                                  f"{', '.join(self.routes)}, /api/health, /api/modules_info or /metrics\n", "text/plain")
@@ -169,8 +176,12 @@ class Server:
         sender = None
         try:
             proto.check_query(parse_query_string(query))
-            self.engine.admit(session, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                              proto.sampling)
+
+            def sink(event) -> None:  # called on the engine's thread
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+            if not await self.admission.admit(session, sink, proto.sampling, gone=lambda: ws.state is not State.OPEN):
+                return  # the client left while waiting for a slot
             ready = await asyncio.wait_for(events.get(), READY_TIMEOUT)
             if isinstance(ready, EngineFailed):
                 raise EngineError(ready.message)
@@ -313,7 +324,7 @@ class Server:
         """A session without a socket, for POST requests: (session id, its event queue), once ready."""
         session, events = next(self._ids), asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self.engine.admit(session, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+        await self.admission.admit(session, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
         try:
             ready = await self._next_event(events)
             assert isinstance(ready, SlotReady), ready

@@ -132,6 +132,52 @@ def test_all_slots_busy_is_an_error_at_once(pair):
     asyncio.run(main())
 
 
+async def _health(url: str) -> dict:
+    host, port = url.removeprefix("ws://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return json.loads(raw.partition(b"\r\n\r\n")[2])
+
+
+def test_queued_sessions_wait_their_turn_and_the_rest_are_refused(pair):
+    """1 slot, a queue of 2: the 2nd and 3rd clients wait without a handshake, the 4th is refused at once;
+    when the 1st leaves, the 2nd (not the 3rd) gets the slot; a waiting client that leaves gives its place up."""
+    async def main():
+        async with running(pair, slots=1, queue_size=2) as (server, url):
+            first = await connect(f"{url}/api/chat")
+            await handshake(first)
+            second, third = await connect(f"{url}/api/chat"), await connect(f"{url}/api/chat")
+            await asyncio.sleep(5 * TICK)
+            assert server.admission.waiting == 2 and (await _health(url))["queued"] == 2
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(second.recv(), 3 * TICK)  # no handshake while waiting
+            async with connect(f"{url}/api/chat") as fourth:
+                assert "2 sessions are waiting" in await expect_error(fourth, 1013)
+            await first.close()
+            await handshake(second)
+            assert server.admission.waiting == 1
+            await third.close()  # gives its place up
+            await asyncio.sleep(5 * TICK)
+            assert server.admission.waiting == 0
+            await second.close()
+            async with connect(f"{url}/api/chat") as fifth:  # the slot is free again, no line
+                await handshake(fifth)
+            assert server.errors["no_free_slot"] == 1
+    asyncio.run(main())
+
+
+def test_a_queued_session_is_refused_after_the_queue_timeout(pair):
+    async def main():
+        async with running(pair, slots=1, queue_size=1, queue_timeout=4 * TICK) as (server, url):
+            async with connect(f"{url}/api/chat") as first, connect(f"{url}/api/chat") as second:
+                await handshake(first)
+                assert "stayed busy" in await expect_error(second, 1013)
+            assert server.admission.waiting == 0
+    asyncio.run(main())
+
+
 def test_slot_is_reset_and_reused(pair):
     async def main():
         async with running(pair, slots=1) as (server, url):
@@ -200,12 +246,13 @@ def test_health_and_metrics(pair):
             port = int(url.rsplit(":", 1)[1])
             status, body = await get(port, "/api/health")
             assert status == 200
-            assert json.loads(body) == {"status": "ok", "task": "dialogue", "slots": 3, "free_slots": 2, "live_sessions": 1}
+            assert json.loads(body) == {"status": "ok", "task": "dialogue", "slots": 3, "free_slots": 2, "live_sessions": 1,
+                                        "queued": 0}
             status, body = await get(port, "/api/modules_info")
             assert status == 200 and json.loads(body)["routes"] == ["/api/chat"]
             status, body = await get(port, "/metrics")
             assert status == 200
-            for name in ("antiphon_live_sessions 1", "antiphon_free_slots 2", 'antiphon_tick_seconds{quantile="0.99"}',
+            for name in ("antiphon_live_sessions 1", "antiphon_free_slots 2", "antiphon_queued_sessions 0", 'antiphon_tick_seconds{quantile="0.99"}',
                          "antiphon_tick_overruns_total", "antiphon_frames_in_total", "antiphon_frames_out_total",
                          'antiphon_errors_total{kind="none"} 0'):
                 assert name in body
