@@ -121,7 +121,8 @@ class Server:
 
     def serve(self, host: str = "127.0.0.1", port: int = 8998, **kwargs):
         """`async with server.serve(host, port) as ws_server:` (websockets' Server; port 0 picks a free one).
-        The engine must be ticking (engine.start()) for sessions to get their ready message."""
+        The engine must be ticking (engine.run() on another thread, or engine.start()) for sessions to get their
+        ready message."""
         return serve(self.handle, host, port, process_request=self.process_request, compression=None,
                      max_size=2 * self.max_message_bytes,  # over-size frames get our Error first
                      ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, open_timeout=None,
