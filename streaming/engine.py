@@ -10,8 +10,10 @@ bit-identical). The tick runs on the calling thread (`run()`, until `stop()`), o
 talks to it only through `admit` / `submit` / `leave` and the per-session sink it gives at admission (a
 thread-safe, non-blocking callable that receives `SlotReady`, the task's events and `EngineFailed`).
 
-The handshake (`SlotReady`) goes out after the tick that reset the slot and took its first frame (the
-engine's own silence, see streaming.tasks), and clients send only after it: no client input is lost.
+The handshake (`SlotReady`) goes out at the end of the tick that reset the slot and took its first frame
+(the engine's own silence, see streaming.tasks), before that tick's events, and clients send only after
+it: no client input is lost, and a client's frames arrive early in the tick interval (sent before the
+step, they would arrive just after the next tick had planned and wait a whole interval).
 """
 from __future__ import annotations
 
@@ -117,10 +119,12 @@ class Engine:
         with torch.inference_mode():
             if plan.reset.any():
                 self.task.reset(plan.reset)
-            self._tell_ready(plan)
-            if not plan.live.any():
-                return False
-            events = self.task.step(plan)
+            for session, slot in plan.joined:
+                self.task.configure(slot, self._sampling.pop(session, {}))
+            events = self.task.step(plan) if plan.live.any() else []
+        self._tell_ready(plan)  # after the step: the client's frames then arrive early in the next interval
+        if not plan.live.any():
+            return False
         for slot, event in events:
             self.frames_out += 1
             self._send(plan.owners[slot], event)
@@ -135,7 +139,6 @@ class Engine:
 
     def _tell_ready(self, plan: TickPlan) -> None:
         for session, slot in plan.joined:
-            self.task.configure(slot, self._sampling.pop(session, {}))
             self._send(session, SlotReady(slot))
 
     def _send(self, session: int, event) -> None:
