@@ -18,10 +18,11 @@ k - (PIECE - T) past steps of the window of its first step (fewer for the next s
 slides past the pause), and from k = context + PIECE - 1 - T on the slot sees none of its past. Pauses
 add up: the steps paused within the slot's window count together.
 
-With `live_window` (the LM's rings), attention reads only the ring's live window: the columns written since the oldest slot's reset (at most
-the whole ring), so a young session does not pay for the full context. The window is the contiguous run
-of columns ending at this piece's last one; while it would wrap past the ring's end, the whole ring is
-read. Outside the window every column is masked for every slot, so the result is the same.
+With `live_window` (the LM's rings), attention reads only the ring's live window: the columns written
+since the oldest slot's reset (at most the whole ring), so a young session does not pay for the full
+context. The window is the contiguous run of columns ending at this piece's last one; while it would wrap
+past the ring's end, the whole ring is read. Outside the window every column is masked for every slot,
+so the result is the same.
 """
 
 from __future__ import annotations

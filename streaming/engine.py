@@ -121,9 +121,10 @@ class Engine:
                 self.task.reset(plan.reset)
             for session, slot in plan.joined:
                 self.task.configure(slot, self._sampling.pop(session, {}))
-            events = self.task.step(plan) if plan.live.any() else []
+            live = bool(plan.live.any())
+            events = self.task.step(plan) if live else []
         self._tell_ready(plan)  # after the step: the client's frames then arrive early in the next interval
-        if not plan.live.any():
+        if not live:
             return False
         for slot, event in events:
             self.frames_out += 1
