@@ -20,7 +20,8 @@ from tests.streaming.tiny_pair import make_pair
 
 
 class FakeMic:
-    """`frames` blocks of a tone at the tick pace; `closed` once the iteration is over."""
+    """`frames` blocks of a tone a little faster than the tick pace (a tick that found no frame would answer
+    silence with an extra frame: the scheduler's rule); `closed` once the iteration is over."""
 
     def __init__(self, frames: int):
         self.frames, self.closed = frames, False
@@ -30,7 +31,7 @@ class FakeMic:
         try:
             for i in range(self.frames):
                 yield (0.3 * np.sin(2 * np.pi * 220 * (t + i * 0.08))).astype(np.float32)
-                await asyncio.sleep(TICK)
+                await asyncio.sleep(0.8 * TICK)
         finally:
             self.closed = True
 
