@@ -23,6 +23,12 @@ since the oldest slot's reset (at most the whole ring), so a young session does 
 context. The window is the contiguous run of columns ending at this piece's last one; while it would wrap
 past the ring's end, the whole ring is read. Outside the window every column is masked for every slot,
 so the result is the same.
+
+Storage (`kv_dtype`): None keeps keys and values in the model's dtype; "bfloat16" stores them in bfloat16;
+"int8" stores int8 with a float32 scale per written key (and value) vector per KV head (symmetric: absmax
+/ 127, kernels/decode_attention.py `quantize_kv`), quantized in `write`. Either way `write` returns the
+window in the model's dtype (dequantized), so attention is unchanged. Bytes per ring step per KV head,
+for keys and again for values: hd * 4 in float32, hd * 2 in bfloat16, hd + 4 in int8 (`bytes_per_slot`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Callable
 import torch
 
 PIECE = 8  # most steps written to the ring at once
+KV_DTYPES = {None: None, "bfloat16": torch.bfloat16, "int8": torch.int8}  # kv_dtype -> storage (None: the model's)
 
 
 @dataclass
@@ -48,12 +55,20 @@ class Step:
 
 class KVRing:
     def __init__(self, layers: int, batch_size: int, kv_heads: int, head_dim: int, context: int,
-                 device: torch.device, dtype: torch.dtype, live_window: bool = True):
-        self.context, self.live_window = context, live_window
+                 device: torch.device, dtype: torch.dtype, live_window: bool = True, kv_dtype: str | None = None):
+        """`dtype`: the model's, that of k, v given to `write` and of the windows it returns; `kv_dtype`:
+        how keys and values are stored (module docstring)."""
+        if kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {', '.join(map(repr, KV_DTYPES))}, got {kv_dtype!r}")
+        self.context, self.live_window, self.dtype = context, live_window, dtype
         self.capacity = context + PIECE - 1
         shape = (layers, batch_size, kv_heads, self.capacity, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # [L, B, KH, R, hd]
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        store = KV_DTYPES[kv_dtype] or dtype
+        self.keys = torch.zeros(shape, device=device, dtype=store)  # [L, B, KH, R, hd]
+        self.values = torch.zeros(shape, device=device, dtype=store)
+        int8 = kv_dtype == "int8"  # then float32 scales [L, B, KH, R], one per stored vector
+        self.key_scales = torch.zeros(shape[:-1], device=device) if int8 else None
+        self.value_scales = torch.zeros(shape[:-1], device=device) if int8 else None
         self.key_positions = torch.full((batch_size, self.capacity), -1, device=device, dtype=torch.long)
         self.offset = torch.zeros(batch_size, device=device, dtype=torch.long)  # steps seen per slot
         self.pointer = 0  # next ring index, shared by all slots
@@ -88,7 +103,7 @@ class KVRing:
         key_positions = self.key_positions.index_copy_(1, index, positions)[:, self.window]  # [B, W]
         delta = positions[:, :, None] - key_positions[:, None, :]  # [B, T, W]
         allowed = (key_positions[:, None, :] >= 0) & (delta >= 0) & (delta < self.context)
-        return Step(positions, index, additive_mask(allowed, self.keys.dtype)[:, None], self.window)
+        return Step(positions, index, additive_mask(allowed, self.dtype)[:, None], self.window)
 
     def _live_window(self, steps: int) -> slice:
         """The columns holding any slot's keys once this piece is written: the last min(capacity, oldest
@@ -101,11 +116,49 @@ class KVRing:
 
     def write(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, KH, T, hd] of `layer` at `index`; returns that layer's live window of the ring
-        [B, KH, W, hd] (the columns of `begin`'s mask)."""
-        keys, values = self.keys[layer], self.values[layer]
-        keys.index_copy_(2, index, k)
-        values.index_copy_(2, index, v)
-        return keys[:, :, self.window], values[:, :, self.window]
+        [B, KH, W, hd] (the columns of `begin`'s mask) in the model's dtype."""
+        self.store(layer, index, k, v)
+        return self._window(self.keys[layer], self._scales(self.key_scales, layer)), \
+            self._window(self.values[layer], self._scales(self.value_scales, layer))
+
+    def store(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v [B, KH, T, hd] of `layer` at `index`, quantized when the ring is int8."""
+        self._store(self.keys[layer], self._scales(self.key_scales, layer), index, k)
+        self._store(self.values[layer], self._scales(self.value_scales, layer), index, v)
+
+    def stored(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One layer's whole ring as stored: keys, values [B, KH, R, hd] and, int8, their scales [B, KH, R]."""
+        return (self.keys[layer], self.values[layer], self._scales(self.key_scales, layer),
+                self._scales(self.value_scales, layer))
+
+    @staticmethod
+    def _scales(scales: torch.Tensor | None, layer: int) -> torch.Tensor | None:
+        return None if scales is None else scales[layer]
+
+    @staticmethod
+    def _store(ring: torch.Tensor, scales: torch.Tensor | None, index: torch.Tensor, x: torch.Tensor) -> None:
+        if scales is None:
+            ring.index_copy_(2, index, x.to(ring.dtype))
+            return
+        from antiphon.kernels.decode_attention import quantize_kv  # imports triton: int8 rings only
+
+        q, scale = quantize_kv(x)
+        ring.index_copy_(2, index, q)
+        scales.index_copy_(2, index, scale)
+
+    def _window(self, ring: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+        """One layer's live window [B, KH, W, hd] in the model's dtype."""
+        if scales is None:
+            return ring[:, :, self.window].to(self.dtype)
+        from antiphon.kernels.decode_attention import dequantize_kv
+
+        return dequantize_kv(ring[:, :, self.window], scales[:, :, self.window], self.dtype)
+
+    def bytes_per_slot(self) -> int:
+        """Bytes the ring holds per slot over all layers: keys, values, their scales (int8) and key
+        positions, i.e. R * (2 * L * KH * (hd * itemsize + (4 if int8 else 0)) + 8)."""
+        held = [self.keys, self.values, self.key_scales, self.value_scales, self.key_positions]
+        return sum(t.nbytes for t in held if t is not None) // self.key_positions.shape[0]
 
     def end(self, steps: int) -> None:
         """Close the piece that `begin(steps)` opened: the slots advance by `steps`, except, while
