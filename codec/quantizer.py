@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from antiphon.kernels import layout
+from antiphon.kernels import dispatch, layout
 
 
 class ResidualVQ(nn.Module):
@@ -20,8 +20,10 @@ class ResidualVQ(nn.Module):
         self.input_proj = nn.Linear(dim, codebook_dim, bias=False)
         self.output_proj = nn.Linear(codebook_dim, dim, bias=False)
         self.register_buffer("codebooks", torch.randn(n_q, codebook_size, codebook_dim))
-        # derived search tables: |c|^2 and the codebooks input-major ([dim, size], see kernels/layout.py)
+        # derived search tables, float32: |c|^2, the codebooks (the Triton search reads them [size, dim]) and
+        # the codebooks input-major ([dim, size], for the torch search, see kernels/layout.py)
         self.register_buffer("codebook_norms", torch.empty(n_q, codebook_size), persistent=False)
+        self.register_buffer("codebooks_f32", torch.empty(n_q, codebook_size, codebook_dim), persistent=False)
         self.register_buffer("codebooks_t", torch.empty(n_q, codebook_dim, codebook_size), persistent=False)
         self.refresh_search_tables()
 
@@ -32,6 +34,7 @@ class ResidualVQ(nn.Module):
     def refresh_search_tables(self) -> None:
         """Recompute the search tables after the codebooks change (loading, a cast to another dtype)."""
         codebooks = self.codebooks.float()
+        self.codebooks_f32 = codebooks
         self.codebook_norms = codebooks.pow(2).sum(-1)
         self.codebooks_t = codebooks.transpose(1, 2).contiguous()
 
@@ -43,6 +46,9 @@ class ResidualVQ(nn.Module):
     def encode(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
         """latent [B, F, D] -> codes [B, n_q, F]."""
         residual = self.input_proj(latent).float()
+        if dispatch.use_triton(residual):
+            codes = dispatch.rvq_encode(residual.flatten(0, 1), self.codebooks_f32[:n_q], self.codebook_norms[:n_q])
+            return codes.view(*residual.shape[:2], n_q).permute(0, 2, 1)
         codes = []
         for codebook_t, norms in zip(self.codebooks_t[:n_q], self.codebook_norms[:n_q]):
             # argmin |r - c|^2 = argmin (|c|^2 - 2 r.c)

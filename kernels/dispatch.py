@@ -91,9 +91,24 @@ def rvq_encode(x, codebooks, norms):
     return m.rvq_encode(x, codebooks, norms, search)
 
 
-def decode_attention(q, keys, values, key_positions, q_positions, context=None):
-    """Single-query attention over a ring KV cache: see kernels/decode_attention.py."""
+def decode_attention(q, keys, values, key_positions, q_positions, context=None, k_scale=None, v_scale=None):
+    """Single-query attention over a ring KV cache (int8 keys and values with their scales): see
+    kernels/decode_attention.py."""
     from antiphon.kernels import decode_attention as m
 
     fn = m.decode_attention_triton if use_triton(q) else m.decode_attention_reference
-    return fn(q, keys, values, key_positions, q_positions, context)
+    return fn(q, keys, values, key_positions, q_positions, context, k_scale=k_scale, v_scale=v_scale)
+
+
+def int8_matmul(x, q, scale):
+    """x @ W.T with W int8 rows and a scale each: see kernels/quant_matmul.py."""
+    from antiphon.kernels import quant_matmul as m
+
+    return (m.int8_matmul_triton if use_triton(x) else m.int8_matmul_reference)(x, q, scale)
+
+
+def int4_matmul(x, packed, scales, group_size):
+    """x @ W.T with W int4 in groups of group_size columns: see kernels/quant_matmul.py."""
+    from antiphon.kernels import quant_matmul as m
+
+    return (m.int4_matmul_triton if use_triton(x) else m.int4_matmul_reference)(x, packed, scales, group_size)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from antiphon.kernels import layout
+from antiphon.kernels import dispatch, layout
 
 ACTIVATIONS = {
     "silu": F.silu, "gelu": F.gelu, "relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
@@ -22,19 +22,26 @@ def small_batch_weight(out_features: int, in_features: int) -> nn.Parameter:
     return layout.small_batch_layout(torch.empty(out_features, in_features))
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor | nn.Module) -> torch.Tensor:
+    """x [..., in] -> [..., out]: a float weight [out, in] (small-batch layout) or a quantized one
+    (lm/quantize.QuantizedWeight, a module)."""
+    return weight(x) if isinstance(weight, nn.Module) else layout.linear(x, weight)
+
+
 class Linear(nn.Module):
-    """A bias-free linear layer, weight [out, in] in the small-batch storage layout."""
+    """A bias-free linear layer, weight [out, in] in the small-batch storage layout (or quantized)."""
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__()
         self.weight = small_batch_weight(out_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layout.linear(x, self.weight)
+        return linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
-    """y = x * alpha / sqrt(eps + mean(x^2)); in float32 when `f32`, else in x's dtype. alpha [1, 1, D]."""
+    """y = x * alpha / sqrt(eps + mean(x^2)); in float32 when `f32` (kernels.dispatch.rmsnorm), else in
+    x's dtype. alpha [1, 1, D]."""
 
     def __init__(self, dim: int, eps: float, f32: bool):
         super().__init__()
@@ -43,9 +50,18 @@ class RMSNorm(nn.Module):
         self.alpha = nn.Parameter(torch.ones(1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float() if self.f32 else x
-        var = self.eps + y.pow(2).mean(-1, keepdim=True)
-        return (y * (self.alpha.to(var.dtype) * torch.rsqrt(var))).to(x.dtype)
+        if self.f32:
+            return dispatch.rmsnorm(x, None, self.alpha, self.eps)[0]
+        var = self.eps + x.pow(2).mean(-1, keepdim=True)
+        return x * (self.alpha.to(var.dtype) * torch.rsqrt(var))
+
+
+def add_and_norm(norm: nn.Module, update: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(norm(residual + update), residual + update): one fused kernel for a float32 RMSNorm."""
+    if isinstance(norm, RMSNorm) and norm.f32:
+        return dispatch.rmsnorm(update, residual, norm.alpha, norm.eps)
+    h = residual + update
+    return norm(h), h
 
 
 class LayerNormF32(nn.LayerNorm):
@@ -90,7 +106,10 @@ class GatedFFN(nn.Module):
         self.linear_out = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        u = self.linear_in(x).unflatten(-1, (2, -1))
+        u = self.linear_in(x)
+        if self.activation is F.silu:
+            return self.linear_out(dispatch.swiglu(u))
+        u = u.unflatten(-1, (2, -1))
         return self.linear_out(self.activation(u[..., 0, :]) * u[..., 1, :])
 
 

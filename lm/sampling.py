@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from antiphon.kernels import dispatch
+
 
 def sample(logits: torch.Tensor, temp: float | torch.Tensor, top_k: int | torch.Tensor = 0,
            rng: torch.Generator | None = None) -> torch.Tensor:
@@ -20,7 +22,11 @@ def sample(logits: torch.Tensor, temp: float | torch.Tensor, top_k: int | torch.
 
     temp <= 0: argmax. Otherwise softmax(logits / temp), restricted to the top_k most likely ids when
     0 < top_k < N, sampled by the exponential race with noise from `rng` (on the logits' device).
-    temp float [...] and top_k int [...] (tensors) set them per row."""
+    temp float [...] and top_k int [...] (tensors) set them per row. Where kernels.dispatch picks Triton,
+    the fused kernel samples (the same law; its noise is drawn per vocabulary id, so other draws)."""
+    if dispatch.use_triton(logits):
+        ids = dispatch.sample(logits.flatten(0, -2), _flat(temp), _flat(top_k), rng=rng)
+        return ids.view(logits.shape[:-1])
     if isinstance(temp, torch.Tensor) or isinstance(top_k, torch.Tensor):
         return sample_rows(logits, temp, top_k, rng)
     if temp <= 0:
@@ -30,6 +36,10 @@ def sample(logits: torch.Tensor, temp: float | torch.Tensor, top_k: int | torch.
         probs, ids = probs.topk(top_k, dim=-1)  # [..., k]; renormalising is not needed by the race
         return ids.gather(-1, exponential_race(probs, rng)[..., None])[..., 0]
     return exponential_race(probs, rng)
+
+
+def _flat(value: float | torch.Tensor) -> float | torch.Tensor:
+    return value.reshape(-1) if isinstance(value, torch.Tensor) else value
 
 
 def sample_rows(logits: torch.Tensor, temp: float | torch.Tensor, top_k: int | torch.Tensor,

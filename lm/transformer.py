@@ -17,23 +17,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from antiphon.kernels import layout
+from antiphon.kernels import dispatch, layout
 from antiphon.kernels.rope import apply_rope, rope_rotation
 from antiphon.lm.config import LMConfig
-from antiphon.lm.layers import (FeedForwardLayer, LayerScale, Linear, attend, causal_window_mask, make_norm,
-                                sin_embedding, small_batch_weight, split_heads)
-from antiphon.kv_ring import PIECE, KVRing
+from antiphon.lm.layers import (FeedForwardLayer, LayerScale, Linear, add_and_norm, attend, causal_window_mask,
+                                linear, make_norm, sin_embedding, small_batch_weight, split_heads)
+from antiphon.kv_ring import PIECE, KVRing, Step
 from antiphon.stateful import Stateful
 
 
 class Rope:
-    """The rotation of one call's positions, applied to queries and keys."""
+    """The rotation of one call's positions [B or 1, T], applied to queries and keys: the fused kernel
+    where kernels.dispatch picks Triton (interleaved pairs), else one complex product with a rotation
+    table computed once per call and shared by the layers."""
 
-    def __init__(self, rotation: torch.Tensor, interleaved: bool):
-        self.rotation, self.interleaved = rotation, interleaved  # complex [B or 1, T, hd / 2]
+    def __init__(self, positions: torch.Tensor, head_dim: int, max_period: float, interleaved: bool):
+        self.positions, self.head_dim, self.max_period, self.interleaved = positions, head_dim, max_period, interleaved
+        self._rotation = None  # complex [B or 1, T, hd / 2]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_rope(x, self.rotation, self.interleaved)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q [B, T, H, hd], k [B, T, KH, hd] -> both rotated."""
+        if self.interleaved and dispatch.use_triton(q):
+            return dispatch.rope(q, k, self.positions, self.max_period)
+        if self._rotation is None:
+            self._rotation = rope_rotation(self.positions, self.head_dim, self.max_period)
+        return apply_rope(q, self._rotation, self.interleaved), apply_rope(k, self._rotation, self.interleaved)
 
 
 class Positions:
@@ -52,11 +60,11 @@ class Positions:
         return x + (self.scale * sin_embedding(positions, x.shape[-1], self.max_period)).to(x.dtype)
 
     def tables(self, positions: torch.Tensor) -> Rope | None:
-        return Rope(rope_rotation(positions, self.head_dim, self.max_period), self.interleaved) if self.rope else None
+        return Rope(positions, self.head_dim, self.max_period, self.interleaved) if self.rope else None
 
 
-def _rope(x: torch.Tensor, rope: Rope | None) -> torch.Tensor:
-    return x if rope is None else rope(x)
+def _rope(q: torch.Tensor, k: torch.Tensor, rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return (q, k) if rope is None else rope(q, k)
 
 
 # ---------------------------------------------------------------------------------------- temporal
@@ -71,16 +79,25 @@ class SelfAttention(nn.Module):
         self.out_proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, tables, mask: torch.Tensor,
-                ring: tuple[KVRing, int, torch.Tensor] | None = None) -> torch.Tensor:
+                ring: tuple[KVRing, int, Step] | None = None) -> torch.Tensor:
         """x [B, T, D]; mask [B or 1, 1, T, S]. Offline: S = T; streaming: (the ring, this layer's index,
-        the ring index of this call's steps), S = the ring's capacity; the keys are written first."""
-        proj = layout.linear(x, self.in_proj_weight)
+        this call's Step), S = the ring's live window; the keys are written first. A one-step call where
+        kernels.dispatch picks Triton attends with the decode kernel over the whole ring (it masks by key
+        position itself, the same rule as the mask)."""
+        proj = linear(x, self.in_proj_weight)
         q, k, v = split_heads(proj, self.num_heads, self.num_heads // self.kv_repeat)
-        q, k = _rope(q, tables).transpose(1, 2), _rope(k, tables).transpose(1, 2)
-        v = v.transpose(1, 2)
-        if ring is not None:
-            cache, layer, index = ring
-            k, v = cache.write(layer, index, k, v)
+        q, k = _rope(q, k, tables)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if ring is None:
+            return self.out_proj(attend(q, k, v, mask, self.kv_repeat))
+        cache, layer, step = ring
+        if q.shape[2] == 1 and dispatch.use_triton(q):
+            cache.store(layer, step.index, k, v)
+            keys, values, k_scale, v_scale = cache.stored(layer)
+            out = dispatch.decode_attention(q[:, :, 0], keys, values, cache.key_positions, step.positions[:, 0],
+                                            cache.context, k_scale, v_scale)
+            return self.out_proj(out.flatten(1)[:, None])
+        k, v = cache.write(layer, step.index, k, v)
         return self.out_proj(attend(q, k, v, mask, self.kv_repeat))
 
 
@@ -126,10 +143,12 @@ class TemporalLayer(FeedForwardLayer):
 
     def forward(self, x, tables, mask, ring=None, cross=None):
         """cross: this layer's cross-attention keys and values (CrossAttention.keys_values)."""
-        x = x + self.layer_scale_1(self.self_attn(self.norm1(x), tables, mask, ring))
+        update = self.layer_scale_1(self.self_attn(self.norm1(x), tables, mask, ring))
         if cross is not None:
-            x = x + self.layer_scale_cross(self.cross_attention(self.norm_cross(x), cross))
-        return x + self.layer_scale_2(self.ffn(self.norm2(x)))
+            x = x + update
+            update = self.layer_scale_cross(self.cross_attention(self.norm_cross(x), cross))
+        normed, x = add_and_norm(self.norm2, update, x)
+        return x + self.layer_scale_2(self.ffn(normed))
 
 
 class TemporalTransformer(Stateful):
@@ -143,12 +162,14 @@ class TemporalTransformer(Stateful):
         self.head_dim = cfg.dim // cfg.num_heads
         self.positions = Positions(cfg.positional_embedding, self.head_dim, cfg.max_period, cfg.positional_scale)
         self.layers = nn.ModuleList([TemporalLayer(cfg) for _ in range(cfg.num_layers)])
+        self.kv_dtype: str | None = None  # how streaming stores keys and values (KVRing kv_dtype): None, bfloat16, int8
 
     def init_state(self, batch_size: int) -> KVRing:
         if self.context is None:
             raise RuntimeError("streaming needs a finite attention context (the config has context=null)")
         w = self.layers[0].self_attn.in_proj_weight
-        return KVRing(len(self.layers), batch_size, self.num_kv_heads, self.head_dim, self.context, w.device, w.dtype)
+        return KVRing(len(self.layers), batch_size, self.num_kv_heads, self.head_dim, self.context, w.device, w.dtype,
+                      kv_dtype=self.kv_dtype)
 
     def reset_state(self, state: KVRing, mask: torch.Tensor) -> None:
         state.reset(mask)
@@ -188,7 +209,7 @@ class TemporalTransformer(Stateful):
         x = self.positions.add_sin(x, step.positions)
         tables = self.positions.tables(step.positions)
         for i, (layer, kv) in enumerate(zip(self.layers, cross)):
-            x = layer(x, tables, step.mask, (ring, i, step.index), kv)
+            x = layer(x, tables, step.mask, (ring, i, step), kv)
         ring.end(steps)
         return x
 
@@ -224,7 +245,8 @@ class DepthAttention(nn.Module):
         (keys, values [N, KH, dep_q, hd], position k): T = 1, written at k, attends to 0..k (mask unused)."""
         proj = stacked_linear(x, self.in_proj_weight, schedule)
         q, k, v = split_heads(proj, self.num_heads, self.num_heads // self.kv_repeat)
-        q, k, v = _rope(q, tables).transpose(1, 2), _rope(k, tables).transpose(1, 2), v.transpose(1, 2)
+        q, k = _rope(q, k, tables)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             keys, values, position = cache
             keys[:, :, position: position + 1] = k
