@@ -49,6 +49,12 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--model", metavar="SOURCE", default=DEFAULT_MODEL,
                    help=f"LM: Hugging Face repo id or local directory (default: {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                   help="weight-only quantization of the LM's temporal transformer at load (GPU memory and speed; "
+                        "changes the numbers slightly; default: none)")
+    p.add_argument("--kv-dtype", choices=("bfloat16", "int8"), default=None,
+                   help="how the attention cache stores keys and values: bfloat16, or int8 with a scale per key "
+                        "(about half / a quarter of float32's memory per slot; default: the model's dtype)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8998, help="port, 0 for any free one (default: 8998)")
     p.add_argument("--slots", type=int, default=None,
@@ -79,7 +85,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 < args.tick_ms <= 1000:
         raise InputError(f"--tick-ms must be in (0, 1000], got {args.tick_ms}")
     device = parse_device(args.device)
-    lm = LM.from_pretrained(args.model, device=device)
+    lm = LM.from_pretrained(args.model, device=device, quantize=args.quantize, kv_dtype=args.kv_dtype)
     try:
         tokenizer = lm.tokenizer
     except CheckpointError as e:

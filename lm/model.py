@@ -81,15 +81,28 @@ class LM(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, source: str | Path, device=None, dtype=None) -> "LM":
+    def from_pretrained(cls, source: str | Path, device=None, dtype=None, quantize: str | None = None,
+                        group_size: int = 128, kv_dtype: str | None = None) -> "LM":
         """Load from a Hugging Face repo id or a local directory (config.json + `moshi_name` weights in the
         released format; no config.json means Moshi 7B). Default dtype: bf16 on GPU, fp32 on CPU.
         Kyutai's q8 weights (`"quantize": true`) are dequantized to that dtype, and moshi-finetune's LoRA
         adapters (`"lora": true`, file `lora_name`) merged, at load: the model is a plain one.
+        `quantize` ("int8" or "int4" in groups of `group_size`): then the temporal transformer's weights
+        are quantized for weight-only matmuls (lm/quantize.py). `kv_dtype` ("bfloat16" or "int8", with a
+        scale per key vector): how streaming stores keys and values (antiphon/kv_ring.py).
         `lm.codec` and `lm.tokenizer` load on first use from the same source."""
+        from antiphon.kv_ring import KV_DTYPES
         from antiphon.lm.checkpoint import load_lm
 
-        return load_lm(source, device=device, dtype=dtype)
+        if kv_dtype not in KV_DTYPES:
+            raise InputError(f"unknown kv_dtype {kv_dtype!r}: expected bfloat16 or int8 (or none: the model's dtype)")
+        lm = load_lm(source, device=device, dtype=dtype)
+        lm.transformer.kv_dtype = kv_dtype
+        if quantize is not None:
+            from antiphon.lm.quantize import quantize_lm
+
+            quantize_lm(lm, quantize, group_size)
+        return lm
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write config.json and the weights in the released format; returns the weights' path."""
