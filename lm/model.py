@@ -160,17 +160,27 @@ class LM(nn.Module):
                            audio_delay=audio_delay, cfg_is_no_text=cfg_is_no_text)
 
     # ------------------------------------------------------------------ teacher-forced forward
-    def forward(self, codes: torch.Tensor, conditions: Condition | None = None) -> LMOutput:
+    def forward(self, codes: torch.Tensor, conditions: Condition | None = None,
+                inputs: torch.Tensor | None = None) -> LMOutput:
         """codes int [B, 1 + n_q, T] in natural time alignment (text row, then audio rows; -1 = zero
         token) -> LMOutput aligned with `codes`. The model applies its delays and initial tokens.
-        A conditioned model needs `conditions` (`lm.condition(...)`, B rows or 1 for all)."""
+        A conditioned model needs `conditions` (`lm.condition(...)`, B rows or 1 for all).
+        `inputs` (like codes; training): what the temporal transformer reads instead of `codes`, e.g.
+        with text tokens dropped; the outputs stay those of `codes` (targets, masks, depformer inputs)."""
         self._check_codes(codes)
         cfg = self.config
         batch = codes.shape[0]
         conditions = self._check_condition(conditions, (batch, 1))
         initial = self._initial_column(batch, codes.device)  # [B, K, 1]
         delayed = torch.cat([initial, delay_streams(codes, cfg.delays, initial)], dim=2)  # [B, K, T + 1]
-        hidden = self.forward_hidden(delayed[:, :, :-1], conditions)  # [B, T, D]
+        if inputs is not None:
+            if inputs.shape != codes.shape:
+                raise InputError(f"inputs {tuple(inputs.shape)} must have the codes' shape {tuple(codes.shape)}")
+            self._check_codes(inputs)
+            read = torch.cat([initial, delay_streams(inputs, cfg.delays, initial)], dim=2)
+        else:
+            read = delayed
+        hidden = self.forward_hidden(read[:, :, :-1], conditions)  # [B, T, D]
         text_logits = self.text_linear(hidden)[:, None]  # [B, 1, T, Nt]
         if cfg.dep_q:
             logits = self.forward_depth(delayed[:, :, 1:], hidden)

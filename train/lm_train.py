@@ -46,6 +46,7 @@ class LMRecipe:
     warmup: int = 100
     init: str = ""  # fine-tune this model (repo id or directory) instead of a new one
     lora_rank: int = 0  # > 0: train low-rank adapters only (with --init)
+    text_dropout: float = 0.0  # share of input text tokens the model reads as the zero token (targets kept)
     seed: int = 0
 
 
@@ -100,9 +101,18 @@ def encode_dataset(codec, data_dir: str, cache: Path, progress: bool = True) -> 
     return out
 
 
-def lm_loss(model: LM, batch: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy of the output streams over their valid positions."""
-    out = model(batch)
+def drop_text(batch: torch.Tensor, share: float) -> torch.Tensor:
+    """batch [B, 1 + n_q, T] with each text token replaced by the zero token (-1) with probability `share`
+    (torch's generator): the model must read the audio, not only its own transcript so far."""
+    dropped = batch.clone()
+    dropped[:, 0] = batch[:, 0].masked_fill(torch.rand(batch[:, 0].shape, device=batch.device) < share, -1)
+    return dropped
+
+
+def lm_loss(model: LM, batch: torch.Tensor, text_dropout: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of the output streams over their valid positions; with `text_dropout`, the model
+    reads a share of the text tokens as the zero token (`drop_text`), the targets stay whole."""
+    out = model(batch, inputs=drop_text(batch, text_dropout) if text_dropout > 0 else None)
     text_target = batch[:, :1]
     text = F.cross_entropy(out.text_logits[out.text_mask], text_target[out.text_mask])
     parts = {"text": text}
@@ -126,8 +136,11 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
         raise InputError(f"unknown task {recipe.task!r}: choose from {', '.join(streams.TASKS)}")
     if recipe.lora_rank and not recipe.init:
         raise InputError("--lora-rank adapts a published model: give --init MODEL")
+    if not 0 <= recipe.text_dropout < 1:
+        raise InputError(f"--text-dropout is a share in [0, 1), got {recipe.text_dropout}")
     run = RunDir(out)
-    resuming = run.start(dataclasses.asdict(recipe) | {"codec": str(codec_source or "")})
+    resuming = run.start(dataclasses.asdict(recipe) | {"codec": str(codec_source or "")},
+                         defaults=dataclasses.asdict(LMRecipe()))
     if recipe.init:
         model, codec, tokenizer_path = _published(recipe)
     else:
@@ -163,7 +176,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
             rng = np.random.default_rng([recipe.seed, step])
             picks = rng.integers(len(sequences), size=recipe.batch)
             batch = streams.crop_batch([sequences[i] for i in picks], recipe.seq_steps, rng).to(device)
-            loss, parts = lm_loss(model, batch)
+            loss, parts = lm_loss(model, batch, recipe.text_dropout)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)

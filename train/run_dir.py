@@ -34,12 +34,13 @@ class RunDir:
         self.model_path = self.path / "model"
 
     # ------------------------------------------------------------------ recipe
-    def start(self, recipe: dict) -> bool:
+    def start(self, recipe: dict, defaults: dict | None = None) -> bool:
         """Record `recipe` for a new run, or check it against the recorded one (only `steps` may
-        change: the schedule then ends at the new count); True when a saved state is there to resume from."""
+        change: the schedule then ends at the new count); True when a saved state is there to resume from.
+        A field the recorded recipe lacks (a run older than the field) counts as its value in `defaults`."""
         path = self.path / "recipe.json"
         if path.exists():
-            saved = json.loads(path.read_text())
+            saved = (defaults or {}) | json.loads(path.read_text())
             changed = sorted(k for k in set(saved) | set(recipe) if k != "steps" and saved.get(k) != recipe.get(k))
             if changed:
                 raise InputError(f"{self.path} holds a run with another recipe (differs in {', '.join(changed)}); "

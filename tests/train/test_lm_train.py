@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from antiphon.errors import InputError
 from antiphon.lm import LM
 from antiphon.train import lora, streams
 from antiphon.train.codec_train import CodecRecipe, train_codec
-from antiphon.train.lm_train import LMRecipe, init_weights, lm_loss, model_config, train_lm
+from antiphon.train.lm_train import LMRecipe, drop_text, init_weights, lm_loss, model_config, train_lm
 from tests.streaming.tiny_pair import LetterTokenizer
 
 TINY = LMRecipe(size="tiny", steps=4, batch=2, seq_steps=24, warmup=10)
@@ -84,6 +85,39 @@ def test_the_loss_of_each_task_falls_when_fitting_one_batch(task):
         optimizer.step()
     assert loss.item() < 0.5 * first
     assert ("audio" in parts) == (task != "stt")
+
+
+def test_text_dropout_hides_input_text_and_keeps_the_targets():
+    torch.manual_seed(0)
+    model = init_weights(LM(model_config(dataclasses.replace(TINY, codebooks=2), text_card=40, card=16)))
+    codes = torch.randint(0, 16, (2, 3, 40))
+    codes[:, 0] = torch.randint(0, 40, (2, 40))
+    dropped = drop_text(codes, 0.5)
+    assert torch.equal(dropped[:, 1:], codes[:, 1:])  # audio untouched
+    hidden = dropped[:, 0] == -1
+    assert 0.3 < hidden.float().mean() < 0.7 and torch.equal(dropped[:, 0][~hidden], codes[:, 0][~hidden])
+    plain, same, read = model(codes), model(codes, inputs=codes), model(codes, inputs=dropped)
+    torch.testing.assert_close(same.text_logits, plain.text_logits, equal_nan=True)
+    assert torch.equal(read.text_mask, plain.text_mask)  # targets and their mask come from `codes`
+    first_drop = int(hidden[0].nonzero()[0])  # the model reads step t's text at step t + 1
+    torch.testing.assert_close(read.text_logits[0, :, : first_drop + 1], plain.text_logits[0, :, : first_drop + 1],
+                               equal_nan=True)
+    assert not torch.allclose(read.text_logits[0, :, first_drop + 1:], plain.text_logits[0, :, first_drop + 1:])
+    with pytest.raises(InputError, match="must have the codes' shape"):
+        model(codes, inputs=dropped[:, :, :5])
+
+
+def test_a_run_older_than_a_recipe_field_resumes_with_its_default(tmp_path, speech_dir, codec_dir):
+    out = tmp_path / "run"
+    train_lm([speech_dir], out, dataclasses.replace(TINY, steps=1), codec_dir, progress=False)
+    recipe = json.loads((out / "recipe.json").read_text())
+    del recipe["text_dropout"]  # as a run recorded before the field existed
+    (out / "recipe.json").write_text(json.dumps(recipe))
+    train_lm([speech_dir], out, dataclasses.replace(TINY, steps=2), codec_dir, progress=False)
+    with pytest.raises(InputError, match="differs in text_dropout"):
+        train_lm([speech_dir], out, dataclasses.replace(TINY, steps=3, text_dropout=0.3), codec_dir, progress=False)
+    with pytest.raises(InputError, match="--text-dropout"):
+        train_lm([speech_dir], tmp_path / "bad", dataclasses.replace(TINY, text_dropout=1.0), codec_dir, progress=False)
 
 
 def test_stt_run_resumes_exports_and_is_evaluated(tmp_path, speech_dir, codec_dir):
