@@ -10,7 +10,7 @@ The environment variable ANTIPHON_KERNELS forces either, read at every call:
 Unset (or empty): the automatic choice above.
 
 One function per op, each with the signature of its reference; the kernel modules are imported on first
-use, so importing this module costs nothing and does not import triton.
+use, and triton itself only when asked about a CUDA tensor or forced: importing this module costs nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ import os
 
 import torch
 
-from antiphon.kernels import _triton
-
 ENV = "ANTIPHON_KERNELS"
+
+
+def _triton_available() -> bool:
+    from antiphon.kernels import _triton  # imports triton (~0.2 s): only asked on CUDA or when forced
+
+    return _triton.available()
 
 
 def use_triton(x: torch.Tensor) -> bool:
@@ -30,7 +34,7 @@ def use_triton(x: torch.Tensor) -> bool:
     if forced == "torch":
         return False
     if forced == "triton":
-        if not _triton.available():
+        if not _triton_available():
             raise RuntimeError(f"{ENV}=triton but triton does not import; install triton or unset {ENV}")
         if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"{ENV}=triton on a {x.device.type} tensor needs Triton's interpreter: set "
@@ -38,7 +42,7 @@ def use_triton(x: torch.Tensor) -> bool:
         return True
     if forced:
         raise ValueError(f"{ENV}={forced!r}: expected 'torch', 'triton', or unset for the automatic choice")
-    return x.device.type == "cuda" and _triton.available()
+    return x.device.type == "cuda" and _triton_available()
 
 
 def rmsnorm(x, residual, alpha, eps=1e-8):

@@ -20,9 +20,18 @@ def _on(device: str):
 def test_automatic_choice(monkeypatch):
     monkeypatch.delenv(dispatch.ENV, raising=False)
     assert not dispatch.use_triton(torch.zeros(1))
-    assert dispatch.use_triton(_on("cuda")) == dispatch._triton.available()
-    monkeypatch.setattr(dispatch._triton, "available", lambda: False)
+    assert dispatch.use_triton(_on("cuda")) == dispatch._triton_available()
+    monkeypatch.setattr(dispatch, "_triton_available", lambda: False)
     assert not dispatch.use_triton(_on("cuda"))  # no triton: torch even on CUDA
+
+
+def test_importing_the_dispatch_does_not_import_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, antiphon.lm, antiphon.codec; print('triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 def test_env_forces_either(monkeypatch):
