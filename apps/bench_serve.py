@@ -20,6 +20,9 @@ Definitions (also written into the JSON):
   per-frame work for that session (Mimi encode + LMGen.step + Mimi decode, same weights, same sampling)
   is its latency, without network, Opus or waiting; it holds 1 session if that work's p99 fits in 80 ms,
   else 0.
+
+With --density, and always for the real model shapes (moshi-7b, stt-*, hibiki-2b, tts-1.6b), the bench runs
+without the network instead: apps/bench_density.py.
 """
 
 from __future__ import annotations
@@ -53,26 +56,42 @@ SHAPES = {
 
 
 def register(targets, common) -> None:
+    from antiphon.apps import bench_density
+
     parser = targets.add_parser(
         "serve", parents=common, formatter_class=Formatter,
-        help="the server: sessions held in real time, latency frame in -> audio out",
+        help="the server: sessions held in real time, latency frame in -> audio out; density at real model sizes",
         description="Runs the engine (80 ms tick) and the WebSocket server in this process with N clients on "
                     "loopback (/api/chat, Opus both ways) sending speech-like audio in real time, for N = 1, 2, "
                     "3, ... until a run does not hold real time (tick p99 over 80 ms or a frame lost). Reports "
                     "tick times, frames lost, the latency from a frame sent to its audio frame received, and "
                     "the largest N held; the one-session latency is compared with the reference's per-frame "
-                    "work (Mimi encode + LMGen.step + Mimi decode, same weights), in turns.",
+                    "work (Mimi encode + LMGen.step + Mimi decode, same weights), in turns. "
+                    "Density mode (--density, and always for the real model shapes: moshi-7b, stt-1b, stt-2.6b, "
+                    "hibiki-2b, tts-1.6b with --random-weights): no network; one engine of N live sessions fed in "
+                    "process, its tick timed against N = 1, 2, 4, ... (then bisected); reports the sessions held "
+                    "(tick p99 <= 80 ms), memory per session, a roofline line (bytes per tick against the tick, "
+                    "as a fraction of the HBM bandwidth), the codec alone, and the reference (LMGen + Mimi, same "
+                    "weights, one batch of N) after antiphon (for moshi-7b: 15 GB of weights saved to disk first).",
         epilog="examples:\n"
                "  antiphon bench serve                          # dialogue-10m + full-size codec, N = 1, 2, ...\n"
                "  antiphon bench serve --slots 1,2,4 --seconds 20 --json serve.json\n"
-               "  OMP_NUM_THREADS=2 antiphon bench serve --rounds 3 --no-reference")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="dialogue-10m", help="LM shape (random weights)")
-    parser.add_argument("--num-codebooks", type=int, default=8, help="codec codebooks (default 8)")
+               "  OMP_NUM_THREADS=2 antiphon bench serve --rounds 3 --no-reference\n"
+               "  antiphon bench serve --density --seconds 2      # density mode at dialogue-10m, on CPU\n"
+               "  antiphon bench serve --shape moshi-7b --random-weights --device cuda --slots 1,8,16,32\n"
+               "  antiphon bench serve --shape stt-1b --random-weights --device cuda --no-reference")
+    parser.add_argument("--shape", choices=sorted(SHAPES) + sorted(bench_density.SHAPES), default="dialogue-10m",
+                        help="LM shape (random weights); the real model shapes run in density mode")
+    parser.add_argument("--num-codebooks", type=int, default=8,
+                        help="codec codebooks (default 8; density: those the model reads and writes)")
     parser.add_argument("--slots", default=None, metavar="N,N,...",
-                        help="session counts to run, all of them (default: 1, 2, 3, ... until one does not hold "
-                             "real time, or --max-slots)")
-    parser.add_argument("--max-slots", type=int, default=8, help="the most sessions tried by default (default 8)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="audio each client sends per run (default 10)")
+                        help="session counts to run, all of them (default: 1, 2, 3, ... (density: 1, 2, 4, ...) until "
+                             "one does not hold real time, or --max-slots)")
+    parser.add_argument("--max-slots", type=int, default=None,
+                        help=f"the most sessions tried by default (default 8; density: {bench_density.DEFAULT_MAX_SLOTS})")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="audio each client sends per run (default 10; density: timed ticks = seconds / 80 ms)")
+    bench_density.add_options(parser)
     add_common_options(parser, "tick", default_rounds=1, per_session=False)
     parser.set_defaults(run=run)
 
@@ -211,10 +230,14 @@ def _slot_list(args) -> tuple[list[int], bool]:
         if not counts or counts[0] < 1:
             raise SystemExit(f"--slots: positive session counts, e.g. 1,2,4; got {args.slots!r}")
         return [n for n in counts if n > 1], False
-    return list(range(2, args.max_slots + 1)), True
+    return list(range(2, (args.max_slots or 8) + 1)), True
 
 
 def run(args) -> int:
+    from antiphon.apps import bench_density
+
+    if args.density or args.shape in bench_density.SHAPES:
+        return bench_density.run(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
