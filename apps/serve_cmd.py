@@ -103,8 +103,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise InputError(f"--idle-timeout must be positive, got {args.idle_timeout}")
     if args.queue < 0 or args.queue_timeout <= 0:
         raise InputError(f"--queue must be >= 0 and --queue-timeout positive, got {args.queue} and {args.queue_timeout}")
-    slots = args.slots or default_slots(lm)
-    server = build_server(lm, lm.codec, slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
+    codec = lm.codec  # loaded before the slots are sized from the free memory
+    slots = args.slots or default_slots(lm, codec)
+    server = build_server(lm, codec, slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
                           interval=args.tick_ms / 1000, rng=rng, voices=args.voices, idle_timeout=args.idle_timeout,
                           queue_size=args.queue, queue_timeout=args.queue_timeout, **options)
     server.engine.warmup()
@@ -138,27 +139,42 @@ def run_beside_engine(engine, network):
     return outcome.get("result")
 
 
-def slot_bytes(lm) -> int:
-    """Bytes of one slot's LM streaming state (the KV rings of every stateful layer, CFG rows included)."""
+def _tensor_bytes(state) -> int:
+    import torch
+
+    tensors = state.values() if isinstance(state, dict) else vars(state).values()
+    return sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
+
+
+def slot_bytes(lm, codec=None) -> int:
+    """Bytes of one slot's streaming state: the LM's (the KV rings of every stateful layer, CFG rows
+    included, in the ring's storage dtype; the depformer's cache) and, given the codec, its state (the
+    convolutions' histories, its transformers' rings)."""
     from antiphon.lm.generate import LMGenerator
+    from antiphon.stateful import start_streaming, stateful_modules, stop_streaming
 
     generator = LMGenerator(lm, 1)
-    total = 0
-    for state in generator.states.values():
-        tensors = vars(state).values() if not isinstance(state, dict) else state.values()
-        total += sum(t.numel() * t.element_size() for t in tensors if hasattr(t, "element_size"))
+    total = sum(_tensor_bytes(state) for state in generator.states.values())
+    total += sum(t.nbytes for t in generator.depth_cache or ())
+    if codec is not None:
+        start_streaming(codec, 1)
+        try:
+            total += sum(_tensor_bytes(m.state) for m in stateful_modules(codec))
+        finally:
+            stop_streaming(codec)
     return total
 
 
-def default_slots(lm) -> int:
-    """On a GPU: as many slots as MEMORY_USE of its free memory holds, each costing its streaming state times
-    ACTIVATION_FACTOR, between 1 and MAX_AUTO_SLOTS. On CPU: CPU_SLOTS (compute, not memory, is the limit)."""
+def default_slots(lm, codec=None) -> int:
+    """On a GPU: as many slots as MEMORY_USE of its free memory holds (the weights already loaded), each
+    costing its streaming state (`slot_bytes`) times ACTIVATION_FACTOR, between 1 and MAX_AUTO_SLOTS. On
+    CPU: CPU_SLOTS (compute, not memory, is the limit)."""
     import torch
 
     if lm.device.type != "cuda":
         return CPU_SLOTS
     free, _ = torch.cuda.mem_get_info(lm.device)
-    return slots_for(free, slot_bytes(lm))
+    return slots_for(free, slot_bytes(lm, codec))
 
 
 def slots_for(free_bytes: int, per_slot_bytes: int) -> int:

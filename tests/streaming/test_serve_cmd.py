@@ -45,6 +45,9 @@ def test_slots_follow_free_memory_and_state_size():
     from antiphon.apps.serve_cmd import ACTIVATION_FACTOR, MAX_AUTO_SLOTS, MEMORY_USE, default_slots, slot_bytes, slots_for
     from antiphon.errors import InputError
 
+    from antiphon.stateful import stateful_modules
+
+    from tests.codec.tiny import make_tiny_codec
     from tests.lm.tiny import MOSHI, make_tiny_lm
 
     lm = make_tiny_lm(MOSHI)
@@ -52,6 +55,14 @@ def test_slots_follow_free_memory_and_state_size():
     cfg = lm.config
     ring = cfg.context + 7  # the KV ring: context + PIECE - 1 steps
     assert per_slot >= 2 * cfg.num_layers * cfg.dim * ring * 4  # keys and values of every layer, fp32
+    lm.transformer.kv_dtype = "int8"  # a byte per value and a float32 scale per head vector
+    head_dim = cfg.dim // cfg.num_heads
+    assert slot_bytes(lm) == per_slot - 2 * cfg.num_layers * cfg.dim * ring * (3 - 4 / head_dim)
+    lm.transformer.kv_dtype = None
+    codec = make_tiny_codec()
+    with_codec = slot_bytes(lm, codec)
+    assert with_codec > per_slot  # the codec's state is counted, then released:
+    assert all(m.state is None for m in stateful_modules(codec))
     assert default_slots(lm) == 4  # CPU: compute-bound, a fixed default
     assert slots_for(int(10 * per_slot * ACTIVATION_FACTOR / MEMORY_USE) + 1, per_slot) == 10
     assert slots_for(2**50, per_slot) == MAX_AUTO_SLOTS
