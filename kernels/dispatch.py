@@ -8,6 +8,8 @@ The environment variable ANTIPHON_KERNELS forces either, read at every call:
   compiled or interpreted when it decorates a kernel), e.g.
   `TRITON_INTERPRET=1 ANTIPHON_KERNELS=triton python ...`. tests/kernels/conftest.py sets it.
 Unset (or empty): the automatic choice above.
+The kernels have no backward: while autograd records (`torch.is_grad_enabled()`, i.e. training) the
+reference runs whatever the setting, so gradients flow; inference runs under no_grad / inference_mode.
 
 One function per op, each with the signature of its reference; the kernel modules are imported on first
 use, and triton itself only when asked about a CUDA tensor or forced: importing this module costs nothing.
@@ -31,7 +33,9 @@ def _triton_available() -> bool:
 def use_triton(x: torch.Tensor) -> bool:
     """True when the Triton kernel should run on tensors like `x` (see the module docstring)."""
     forced = os.environ.get(ENV, "").strip().lower()
-    if forced == "torch":
+    if forced not in ("", "torch", "triton"):
+        raise ValueError(f"{ENV}={forced!r}: expected 'torch', 'triton', or unset for the automatic choice")
+    if forced == "torch" or torch.is_grad_enabled():
         return False
     if forced == "triton":
         if not _triton_available():
@@ -40,8 +44,6 @@ def use_triton(x: torch.Tensor) -> bool:
             raise RuntimeError(f"{ENV}=triton on a {x.device.type} tensor needs Triton's interpreter: set "
                                "TRITON_INTERPRET=1 before antiphon's kernels are imported")
         return True
-    if forced:
-        raise ValueError(f"{ENV}={forced!r}: expected 'torch', 'triton', or unset for the automatic choice")
     return x.device.type == "cuda" and _triton_available()
 
 

@@ -13,6 +13,13 @@ from antiphon.kernels import rmsnorm as rmsnorm_module
 from antiphon.kernels.embedding_sum import stack_tables
 
 
+@pytest.fixture(autouse=True)
+def _inference():
+    """The kernels run only where autograd does not record (see test_training_runs_the_references)."""
+    with torch.no_grad():
+        yield
+
+
 def _on(device: str):
     return SimpleNamespace(device=torch.device(device))
 
@@ -41,6 +48,21 @@ def test_env_forces_either(monkeypatch):
     assert dispatch.use_triton(torch.zeros(1))  # the interpreter (conftest sets TRITON_INTERPRET=1)
     monkeypatch.setenv(dispatch.ENV, "")
     assert not dispatch.use_triton(torch.zeros(1))
+
+
+def test_training_runs_the_references(monkeypatch):
+    """The kernels have no backward: with autograd recording, the forced Triton path is not taken and a
+    model's gradients are those of the torch path."""
+    from tests.lm.tiny import MOSHI, make_tiny_lm, random_codes
+
+    monkeypatch.setenv(dispatch.ENV, "triton")
+    with torch.enable_grad():
+        assert not dispatch.use_triton(torch.zeros(1))
+        lm = make_tiny_lm(MOSHI)
+        out = lm(random_codes(MOSHI, 1, 4))
+        out.text_logits[out.text_mask].sum().backward()
+    assert all(p.grad is not None for p in lm.transformer.parameters())
+    assert dispatch.use_triton(torch.zeros(1))  # outside: the kernels again
 
 
 def test_env_errors_say_what_to_do(monkeypatch):
