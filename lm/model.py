@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from antiphon.errors import InputError
+from antiphon.kernels import dispatch
 from antiphon.lm.conditioners import Condition, ConditionProvider
 from antiphon.lm.config import LMConfig
 from antiphon.lm.layers import Embedding, Linear, make_norm
@@ -193,13 +194,28 @@ class LM(nn.Module):
         return LMOutput(text_logits, text_mask, logits, mask)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, 1 + n_q, S] (already delayed) -> summed embeddings [B, S, D]."""
+        """tokens [B, 1 + n_q, S] (already delayed) -> summed embeddings [B, S, D]. Where kernels.dispatch
+        picks Triton, the audio streams are one fused lookup over their stacked tables."""
+        text = self.text_emb(tokens[:, 0])
+        if not self.emb:
+            return text
+        if dispatch.use_triton(text):
+            return dispatch.embedding_sum(tokens[:, 1:], *self._stacked_audio_tables()) + text
         x = None
         for k, emb in enumerate(self.emb):
             e = emb(tokens[:, 1 + k])
             x = e if x is None else x + e
-        text = self.text_emb(tokens[:, 0])
-        return text if x is None else x + text
+        return x + text
+
+    def _stacked_audio_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The audio tables as one [n_q (card + 1), D] and their offsets [n_q] (kernels/embedding_sum.py),
+        a copy kept while the tables are unchanged (same storage, same version)."""
+        from antiphon.kernels.embedding_sum import stack_tables
+
+        key = tuple((e.weight.data_ptr(), e.weight._version) for e in self.emb)
+        if getattr(self, "_stacked", (None,))[0] != key:
+            self._stacked = (key, *stack_tables([e.weight.detach() for e in self.emb]))
+        return self._stacked[1:]
 
     def forward_hidden(self, tokens: torch.Tensor, condition: Condition | None = None, cross: list | None = None) -> torch.Tensor:
         """tokens [B, 1 + n_q, S] (delayed inputs) -> post-norm temporal output [B, S, D]. `condition`

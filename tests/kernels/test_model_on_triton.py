@@ -1,6 +1,7 @@
 """The LM's streaming step on the Triton kernels (forced, interpreted on CPU) equals the step on torch:
-fused residual add + RMSNorm, SwiGLU, RoPE on q and k, decode attention over the ring, and sampling,
-through kernels.dispatch, the path CUDA takes."""
+the fused embedding lookup, fused residual add + RMSNorm, SwiGLU, RoPE on q and k, decode attention over
+the ring, weight-only int8 / int4 matmuls, and sampling, through kernels.dispatch, the path CUDA takes;
+the codec's RVQ search likewise."""
 
 from __future__ import annotations
 
@@ -95,6 +96,22 @@ def test_the_triton_path_is_taken(monkeypatch):
     with torch.no_grad():
         got = stream_temporal(lm, x, reset_at=3)
     assert not torch.allclose(got, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_the_fused_embedding_follows_the_tables(monkeypatch):
+    """The stacked audio tables of the fused lookup are rebuilt when a table changes in place."""
+    lm = make_tiny_lm(MOSHI).eval()
+    tokens = random_codes(MOSHI, 2, 5)
+    monkeypatch.setenv("ANTIPHON_KERNELS", "triton")
+    with torch.no_grad():
+        first = lm.embed(tokens)
+        lm.emb[1].weight.mul_(2)
+        got = lm.embed(tokens)
+    monkeypatch.setenv("ANTIPHON_KERNELS", "torch")
+    with torch.no_grad():
+        expected = lm.embed(tokens)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(first, got)
 
 
 def test_greedy_generation_on_triton_equals_torch(monkeypatch):
