@@ -17,13 +17,24 @@ use, and triton itself only when asked about a CUDA tensor or forced: importing 
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 
 import torch
 
 ENV = "ANTIPHON_KERNELS"
+_modules: dict = {}  # kernel modules by name, imported on first use (an import statement per call costs ~15 us)
 
 
+def _kernel(name: str):
+    module = _modules.get(name)
+    if module is None:
+        module = _modules[name] = importlib.import_module(f"antiphon.kernels.{name}")
+    return module
+
+
+@functools.cache
 def _triton_available() -> bool:
     from antiphon.kernels import _triton  # imports triton (~0.2 s): only asked on CUDA or when forced
 
@@ -32,7 +43,10 @@ def _triton_available() -> bool:
 
 def use_triton(x: torch.Tensor) -> bool:
     """True when the Triton kernel should run on tensors like `x` (see the module docstring)."""
-    forced = os.environ.get(ENV, "").strip().lower()
+    forced = os.environ.get(ENV)
+    if not forced:  # the automatic choice, asked ~100 times per LM step: kept cheap
+        return x.is_cuda and not torch.is_grad_enabled() and _triton_available()
+    forced = forced.strip().lower()
     if forced not in ("", "torch", "triton"):
         raise ValueError(f"{ENV}={forced!r}: expected 'torch', 'triton', or unset for the automatic choice")
     if forced == "torch" or torch.is_grad_enabled():
@@ -49,50 +63,43 @@ def use_triton(x: torch.Tensor) -> bool:
 
 def rmsnorm(x, residual, alpha, eps=1e-8):
     """Fused residual add + RMSNorm: see kernels/rmsnorm.py."""
-    from antiphon.kernels import rmsnorm as m
-
+    m = _kernel("rmsnorm")
     return (m.rmsnorm_triton if use_triton(x) else m.rmsnorm_reference)(x, residual, alpha, eps)
 
 
 def swiglu(u):
     """silu(u[..., :H]) * u[..., H:]: see kernels/swiglu.py."""
-    from antiphon.kernels import swiglu as m
-
+    m = _kernel("swiglu")
     return (m.swiglu_triton if use_triton(u) else m.swiglu_reference)(u)
 
 
 def rope(q, k, positions, max_period):
     """Interleaved RoPE on q and k at integer positions: see kernels/rope_triton.py."""
-    from antiphon.kernels import rope_triton as m
-
+    m = _kernel("rope_triton")
     return (m.rope_triton if use_triton(q) else m.rope_reference)(q, k, positions, max_period)
 
 
 def sample(logits, temp, top_k=0, noise=None, rng=None):
     """Temperature + top-k + exponential race: see kernels/sampling.py."""
-    from antiphon.kernels import sampling as m
-
+    m = _kernel("sampling")
     return (m.sample_triton if use_triton(logits) else m.sample_reference)(logits, temp, top_k, noise, rng)
 
 
 def embedding_sum(tokens, table, offsets):
     """Summed multi-stream embedding lookup: see kernels/embedding_sum.py."""
-    from antiphon.kernels import embedding_sum as m
-
+    m = _kernel("embedding_sum")
     return (m.embedding_sum_triton if use_triton(table) else m.embedding_sum_reference)(tokens, table, offsets)
 
 
 def rvq_search(residual, codebook, norms, update=False):
     """Nearest centroid per row: see kernels/rvq_search.py."""
-    from antiphon.kernels import rvq_search as m
-
+    m = _kernel("rvq_search")
     return (m.rvq_search_triton if use_triton(residual) else m.rvq_search_reference)(residual, codebook, norms, update)
 
 
 def rvq_encode(x, codebooks, norms):
     """The residual loop over K codebooks: see kernels/rvq_search.py."""
-    from antiphon.kernels import rvq_search as m
-
+    m = _kernel("rvq_search")
     search = m.rvq_search_triton if use_triton(x) else m.rvq_search_reference
     return m.rvq_encode(x, codebooks, norms, search)
 
@@ -100,21 +107,18 @@ def rvq_encode(x, codebooks, norms):
 def decode_attention(q, keys, values, key_positions, q_positions, context=None, k_scale=None, v_scale=None):
     """Single-query attention over a ring KV cache (int8 keys and values with their scales): see
     kernels/decode_attention.py."""
-    from antiphon.kernels import decode_attention as m
-
+    m = _kernel("decode_attention")
     fn = m.decode_attention_triton if use_triton(q) else m.decode_attention_reference
     return fn(q, keys, values, key_positions, q_positions, context, k_scale=k_scale, v_scale=v_scale)
 
 
 def int8_matmul(x, q, scale):
     """x @ W.T with W int8 rows and a scale each: see kernels/quant_matmul.py."""
-    from antiphon.kernels import quant_matmul as m
-
+    m = _kernel("quant_matmul")
     return (m.int8_matmul_triton if use_triton(x) else m.int8_matmul_reference)(x, q, scale)
 
 
 def int4_matmul(x, packed, scales, group_size):
     """x @ W.T with W int4 in groups of group_size columns: see kernels/quant_matmul.py."""
-    from antiphon.kernels import quant_matmul as m
-
+    m = _kernel("quant_matmul")
     return (m.int4_matmul_triton if use_triton(x) else m.int4_matmul_reference)(x, packed, scales, group_size)

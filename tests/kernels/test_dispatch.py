@@ -21,7 +21,7 @@ def _inference():
 
 
 def _on(device: str):
-    return SimpleNamespace(device=torch.device(device))
+    return SimpleNamespace(device=torch.device(device), is_cuda=device == "cuda")
 
 
 def test_automatic_choice(monkeypatch):
