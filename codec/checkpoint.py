@@ -201,8 +201,6 @@ def load_state(codec: Codec, state: dict[str, torch.Tensor], origin: str) -> Non
     """Copy a translated state dict into `codec`, naming every missing, unexpected or misshaped tensor."""
     check_tensors({k: v.shape for k, v in codec.state_dict().items()}, state, origin, "codec config")
     codec.load_state_dict(state)
-    for rvq in (codec.quantizer.rvq_first, codec.quantizer.rvq_rest):
-        rvq.refresh_search_tables()
 
 
 def load_codec(source: str | Path, num_codebooks: int = 8, device=None, dtype=None,

@@ -26,13 +26,15 @@ class ResidualVQ(nn.Module):
         self.register_buffer("codebooks_f32", torch.empty(n_q, codebook_size, codebook_dim), persistent=False)
         self.register_buffer("codebooks_t", torch.empty(n_q, codebook_dim, codebook_size), persistent=False)
         self.refresh_search_tables()
+        self.register_load_state_dict_post_hook(lambda module, _: module.refresh_search_tables())
 
     @property
     def n_q(self) -> int:
         return self.codebooks.shape[0]
 
     def refresh_search_tables(self) -> None:
-        """Recompute the search tables after the codebooks change (loading, a cast to another dtype)."""
+        """Recompute the search tables after the codebooks change (done by `load_state_dict` and `.to()`;
+        training's codebook updates call it)."""
         codebooks = self.codebooks.float()
         self.codebooks_f32 = codebooks
         self.codebook_norms = codebooks.pow(2).sum(-1)

@@ -168,3 +168,12 @@ def test_num_codebooks_is_checked(tiny_codec):
         tiny_codec.num_codebooks = 0
     with pytest.raises(InputError, match="1..32"):
         Codec(num_codebooks=33)
+
+
+def test_loading_a_state_dict_refreshes_the_search_tables(tiny_codec):
+    """A codec that loads another's state encodes as that one (the RVQ search tables follow the codebooks),
+    as a training run resumed from its state does before it evaluates."""
+    fresh = Codec(tiny_codec.config, num_codebooks=tiny_codec.num_codebooks)
+    fresh.load_state_dict(tiny_codec.state_dict())
+    wav = chirp_audio(1, 3)
+    assert torch.equal(fresh.encode(wav), tiny_codec.encode(wav))
