@@ -31,16 +31,21 @@ def stream_temporal(lm, x: torch.Tensor, reset_at: int) -> torch.Tensor:
         stop_streaming(lm.transformer)
 
 
+def on_both(monkeypatch, run):
+    """run() with ANTIPHON_KERNELS=torch, then =triton, without autograd -> (torch's result, Triton's)."""
+    results = []
+    for kernels in ("torch", "triton"):
+        monkeypatch.setenv("ANTIPHON_KERNELS", kernels)
+        with torch.no_grad():
+            results.append(run())
+    return results
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_temporal_steps_on_triton_equal_torch(name, monkeypatch):
     lm = make_tiny_lm(CONFIGS[name]).eval()
     x = torch.randn(2, 20, lm.config.dim)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "torch")
-    with torch.no_grad():
-        expected = stream_temporal(lm, x, reset_at=9)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "triton")
-    with torch.no_grad():
-        got = stream_temporal(lm, x, reset_at=9)
+    expected, got = on_both(monkeypatch, lambda: stream_temporal(lm, x, reset_at=9))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -51,12 +56,7 @@ def test_quantized_temporal_steps_on_triton_equal_torch(mode, group_size, monkey
     lm = make_tiny_lm(dataclasses.replace(MOSHI, dim=64, hidden_scale=1.5)).eval()
     quantize_lm(lm, mode, group_size)
     x = torch.randn(2, 4, lm.config.dim)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "torch")
-    with torch.no_grad():
-        expected = stream_temporal(lm, x, reset_at=2)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "triton")
-    with torch.no_grad():
-        got = stream_temporal(lm, x, reset_at=2)
+    expected, got = on_both(monkeypatch, lambda: stream_temporal(lm, x, reset_at=2))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -68,12 +68,7 @@ def test_stored_kv_steps_on_triton_equal_torch(kv_dtype, monkeypatch):
     lm = make_tiny_lm(dataclasses.replace(MOSHI, num_layers=1)).eval()
     lm.transformer.kv_dtype = kv_dtype
     x = torch.randn(2, 14, lm.config.dim)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "torch")
-    with torch.no_grad():
-        expected = stream_temporal(lm, x, reset_at=5)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "triton")
-    with torch.no_grad():
-        got = stream_temporal(lm, x, reset_at=5)
+    expected, got = on_both(monkeypatch, lambda: stream_temporal(lm, x, reset_at=5))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -122,10 +117,7 @@ def test_greedy_generation_on_triton_equals_torch(monkeypatch):
         gen = lm.generator(2, temp=0.0, temp_text=0.0)
         return [out for t in range(inputs.shape[-1]) if (out := gen.step(inputs[:, :, t: t + 1])) is not None]
 
-    monkeypatch.setenv("ANTIPHON_KERNELS", "torch")
-    expected = generate()
-    monkeypatch.setenv("ANTIPHON_KERNELS", "triton")
-    got = generate()
+    expected, got = on_both(monkeypatch, generate)
     assert len(got) == len(expected) > 5
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
@@ -137,9 +129,6 @@ def test_codec_codes_on_triton_equal_torch(monkeypatch):
 
     codec = make_tiny_codec()
     wav = chirp_audio(2, 4)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "torch")
-    expected = codec.encode(wav)
-    monkeypatch.setenv("ANTIPHON_KERNELS", "triton")
-    got = codec.encode(wav)
+    expected, got = on_both(monkeypatch, lambda: codec.encode(wav))
     assert len(expected.unique()) > 8  # codes vary: the comparison says something
     assert torch.equal(got, expected)
