@@ -263,21 +263,17 @@ def codec_bytes(codec) -> int:
 
 
 # ---------------------------------------------------------------------------------------- one run
-def _state_bytes(state) -> int:
-    tensors = state.values() if isinstance(state, dict) else vars(state).values()
-    return sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
-
-
-def state_bytes(engine) -> tuple[int, int]:
+def engine_state_bytes(engine) -> tuple[int, int]:
     """(LM, codec) streaming state of all the engine's slots, in bytes: the LM's rings, the depformer's
     cache and the cross-attention keys and values; the codec's layers."""
+    from antiphon.apps.serve_cmd import state_bytes
     from antiphon.stateful import stateful_modules
 
     generator = engine.task.runner.generator
-    lm = sum(_state_bytes(s) for s in generator.states.values())
+    lm = sum(state_bytes(s) for s in generator.states.values())
     lm += sum(t.nbytes for t in generator.depth_cache or ())
     lm += sum(k.nbytes + v.nbytes for k, v in generator.cross or ())
-    return lm, sum(_state_bytes(m.state) for m in stateful_modules(engine.codec))
+    return lm, sum(state_bytes(m.state) for m in stateful_modules(engine.codec))
 
 
 def _ms(seconds: list[float]) -> dict:
@@ -336,7 +332,7 @@ def density_run(lm, codec, slots: int, ticks: int, untimed: int, options: dict) 
             sync()
             if tick >= untimed:
                 seconds.append(time.perf_counter() - start)
-        lm_state, codec_state = state_bytes(engine)
+        lm_state, codec_state = engine_state_bytes(engine)
         cross = engine.task.runner.generator.cross
         frames_out = engine.frames_out
     except Exception as e:

@@ -139,7 +139,8 @@ def run_beside_engine(engine, network):
     return outcome.get("result")
 
 
-def _tensor_bytes(state) -> int:
+def state_bytes(state) -> int:
+    """Bytes of the tensors of one module's streaming state (a dict or an object of tensors)."""
     import torch
 
     tensors = state.values() if isinstance(state, dict) else vars(state).values()
@@ -154,12 +155,12 @@ def slot_bytes(lm, codec=None) -> int:
     from antiphon.stateful import start_streaming, stateful_modules, stop_streaming
 
     generator = LMGenerator(lm, 1)
-    total = sum(_tensor_bytes(state) for state in generator.states.values())
+    total = sum(state_bytes(state) for state in generator.states.values())
     total += sum(t.nbytes for t in generator.depth_cache or ())
     if codec is not None:
         start_streaming(codec, 1)
         try:
-            total += sum(_tensor_bytes(m.state) for m in stateful_modules(codec))
+            total += sum(state_bytes(m.state) for m in stateful_modules(codec))
         finally:
             stop_streaming(codec)
     return total
