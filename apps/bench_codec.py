@@ -24,9 +24,13 @@ def register(targets, common) -> None:
         epilog="examples:\n"
                "  antiphon bench codec                       # full-size Mimi, random weights, batch 1\n"
                "  antiphon bench codec --batch 4 --frames 100 --json codec-b4.json\n"
+               "  antiphon bench codec --quantize int8           # antiphon's int8 codec against the float reference\n"
                "  antiphon bench codec --model kyutai/moshiko-pytorch-bf16 --no-reference")
     parser.add_argument("--model", metavar="SOURCE", help="codec weights (default: random weights at the full Mimi size)")
     parser.add_argument("--num-codebooks", type=int, default=8, help="codebooks (default 8)")
+    parser.add_argument("--quantize", choices=("int8",),
+                        help="antiphon's codec with int8 weights at the latent rate (Codec.quantize); the "
+                             "reference keeps the float weights")
     add_common_options(parser, "frame")
     parser.set_defaults(run=run)
 
@@ -66,13 +70,16 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         codes_path = Path(tmp) / "antiphon-codes.pt"  # antiphon's codes, for the reference to compare
         if args.model:
-            codec = Codec.from_pretrained(args.model, num_codebooks=args.num_codebooks, device=device)
+            codec = Codec.from_pretrained(args.model, num_codebooks=args.num_codebooks, device=device,
+                                          quantize=args.quantize)
             reference = None if args.no_reference else "--model given: the reference runs on random full-size weights only"
         else:
             torch.manual_seed(0)
             codec = Codec(num_codebooks=args.num_codebooks)
             weights = codec.save_pretrained(tmp)
             codec = codec.to(device)
+            if args.quantize:
+                codec.quantize(args.quantize)
             reference = None if args.no_reference else ReferenceRunner.start("codec_bench.py", [
                 "--weights", str(weights), "--frames", str(args.steps), "--warmup", str(args.warmup),
                 "--batch", str(args.batch), "--num-codebooks", str(args.num_codebooks), "--device", args.device,
@@ -91,12 +98,14 @@ def run(args) -> int:
         "machine": machine(device),
         "settings": {"batch": args.batch, "frames": args.steps, "warmup": args.warmup, "rounds": args.rounds,
                      "num_codebooks": args.num_codebooks, "model": args.model or "random (full Mimi size)",
+                     "quantize": args.quantize,
                      "device": str(device)},
         "antiphon": summarize(turns.ours, frame_ms),
     }
     compare(result, turns.ours, turns.theirs, turns.ratios, frame_ms, reference,
             {"codes_agreement": min(agreement)} if agreement else None)
     note = f"; codes agree on {100 * min(agreement):.2f}%" if agreement else ""
-    report(result, f"codec streaming, batch {args.batch}, {args.num_codebooks} codebooks, {device} "
+    quantized = f", {args.quantize} weights" if args.quantize else ""
+    report(result, f"codec streaming, batch {args.batch}, {args.num_codebooks} codebooks{quantized}, {device} "
                    f"({torch.get_num_threads()} threads)", "frame", args.json, "codec", note)
     return 0

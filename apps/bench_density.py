@@ -200,7 +200,7 @@ def weights_read(lm) -> int:
     row), the conditioners and the cross-attention key/value projections (applied once per session);
     quantized weights (lm/quantize.py) at their stored size, scales included."""
     from antiphon.lm.layers import Embedding
-    from antiphon.lm.quantize import QuantizedWeight
+    from antiphon.quantize import QuantizedWeight
     from antiphon.lm.transformer import CrossAttention
 
     tables = {id(m.weight) for m in lm.modules() if isinstance(m, Embedding)}

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from antiphon.kernels import layout
+from antiphon.quantize import QuantizedWeight
 from antiphon.stateful import Stateful
 
 # A conv runs as one matmul over its unfolded input (im2col) when that input is cheap to build: a 1x1 or
@@ -36,6 +37,16 @@ class StreamingConv1d(Stateful):
         self.stride = stride
         self.pad_mode = pad_mode
         self.history = (kernel_size - 1) * dilation + 1 - stride  # samples carried between calls
+
+    def quantize(self) -> int:
+        """Weight-only int8 (antiphon/quantize.py): the conv then always runs as a matmul over its
+        unfolded input."""
+        if self.conv.groups != 1:
+            raise ValueError("only a dense conv (groups=1) quantizes")
+        weight = self.conv.weight
+        del self.conv.weight
+        self.conv.weight = QuantizedWeight(weight.flatten(1), "int8")  # [C_out, C_in * kernel]
+        return 1
 
     def init_state(self, batch_size: int) -> dict:
         w = self.conv.weight
@@ -72,7 +83,7 @@ class StreamingConv1d(Stateful):
         kernel, dilation = conv.kernel_size[0], conv.dilation[0]
         span = (kernel - 1) * dilation + 1
         steps = (x.shape[-1] - span) // self.stride + 1
-        im2col = kernel == 1 or self.stride > 1 or steps <= UNFOLD_MAX_STEPS
+        im2col = kernel == 1 or self.stride > 1 or steps <= UNFOLD_MAX_STEPS or isinstance(conv.weight, nn.Module)
         if not im2col or conv.groups != 1:
             return F.conv1d(x, conv.weight.contiguous(), conv.bias, self.stride, 0, dilation, conv.groups)
         patches = x.unfold(-1, span, self.stride)[..., ::dilation]  # [B, C_in, steps, kernel]
@@ -94,6 +105,17 @@ class StreamingConvTranspose1d(Stateful):
         self.convtr = nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride=stride,
                                          groups=groups, bias=bias)
         self.overlap = kernel_size - stride  # outputs carried between calls
+
+    def quantize(self) -> int:
+        """Weight-only int8 (antiphon/quantize.py) of the weight as the matmul reads it, [C_out * K, C_in]:
+        the transposed conv then always runs as a matmul and an overlap-add."""
+        convtr = self.convtr
+        if convtr.groups != 1:
+            raise ValueError("only a dense transposed conv (groups=1) quantizes")
+        weight = convtr.weight  # [C_in, C_out, K]
+        del convtr.weight
+        convtr.weight = QuantizedWeight(weight.flatten(1).t(), "int8")
+        return 1
 
     def init_state(self, batch_size: int) -> dict:
         w = self.convtr.weight
@@ -121,14 +143,17 @@ class StreamingConvTranspose1d(Stateful):
 
 def _conv_transpose1d(x: torch.Tensor, convtr: nn.ConvTranspose1d) -> torch.Tensor:
     """For the short inputs of streaming (T * stride <= K), the transposed conv as one matmul and an
-    overlap-add (F.fold): several times faster on CPU than torch's transposed-conv kernel there."""
+    overlap-add (F.fold): several times faster on CPU than torch's transposed-conv kernel there. A
+    quantized weight (a module, [C_out * K, C_in]) takes that path at any length."""
     w = convtr.weight  # [C_in, C_out / groups, K]
-    c_in, c_out_g, k = w.shape
+    c_in, c_out_g, k = convtr.in_channels, convtr.out_channels // convtr.groups, convtr.kernel_size[0]
     stride = convtr.stride[0]
     steps = x.shape[-1]
-    if steps * stride > k:
+    if isinstance(w, nn.Module):
+        z = layout.linear(x.transpose(1, 2), w).transpose(1, 2)  # [B, C_out * K, T]
+    elif steps * stride > k:
         return convtr(x)
-    if convtr.groups == 1:
+    elif convtr.groups == 1:
         z = layout.matmul(x.transpose(1, 2), w.reshape(c_in, c_out_g * k)).transpose(1, 2)  # [B, C_out * K, T]
     elif convtr.groups == c_in and c_out_g == 1:  # depthwise
         z = (x[:, :, None, :] * w[None, :, :, None].reshape(1, c_in, k, 1)).flatten(1, 2)

@@ -80,18 +80,46 @@ class Codec(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, source: str | Path, num_codebooks: int = 8, device=None, dtype=None) -> "Codec":
+    def from_pretrained(cls, source: str | Path, num_codebooks: int = 8, device=None, dtype=None,
+                        quantize: str | None = None) -> "Codec":
         """Load from a Hugging Face repo id, a local directory or a .safetensors file (Mimi's
-        released format; a non-default size comes from `<stem>.json` beside the weights)."""
+        released format; a non-default size comes from `<stem>.json` beside the weights).
+        `quantize="int8"`: then `quantize` below."""
         from antiphon.codec.checkpoint import load_codec
 
-        return load_codec(source, num_codebooks=num_codebooks, device=device, dtype=dtype)
+        codec = load_codec(source, num_codebooks=num_codebooks, device=device, dtype=dtype)
+        if quantize is not None:
+            codec.quantize(quantize)
+        return codec
+
+    def quantize(self, mode: str = "int8") -> int:
+        """Weight-only int8 (one scale per output row, antiphon/quantize.py), in place, of the weights
+        read at the latent rate: the two transformers, the SEANet convs next to them and the stride-2
+        resampling conv (73 of full Mimi's 96 M parameters); returns how many weights. A streaming
+        frame then reads a quarter of their bytes (on a CPU, faster at batch 1: BENCHMARKS.md). The
+        numbers change (on the CPU activations also round to bfloat16), so near-tie codes can differ
+        from the float codec's; the codec is then for inference only (not saved, not trained)."""
+        if mode != "int8":
+            raise InputError(f"the codec quantizes to int8 only, got {mode!r}")
+        if self.is_quantized:
+            raise InputError("the codec is already quantized")
+        parts = [self.encoder_transformer, self.decoder_transformer, self.downsample,
+                 *self.encoder.latent_rate_convs(), *self.decoder.latent_rate_convs()]
+        return sum(part.quantize() for part in parts)
+
+    @property
+    def is_quantized(self) -> bool:
+        from antiphon.quantize import QuantizedWeight
+
+        return any(isinstance(m, QuantizedWeight) for m in self.modules())
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype = torch.float32) -> Path:
         """Write the weights in the released format (in `dtype`: float16 halves the file) and the config
         beside them; returns the weights' path."""
         from antiphon.codec.checkpoint import save_codec
 
+        if self.is_quantized:
+            raise InputError("a quantized codec is not saved: save the float one, quantize when loading")
         return save_codec(self, directory, dtype)
 
     # ------------------------------------------------------------------ streaming

@@ -52,6 +52,11 @@ class SEANetEncoder(nn.Module):
         layers += [nn.ELU(), StreamingConv1d(width, cfg.dimension, cfg.last_kernel_size)]
         self.model = nn.ModuleList(layers)
 
+    def latent_rate_convs(self) -> list[nn.Module]:
+        """The convs whose output is at the latent rate: the last downsampling one and the final one
+        (the largest weights, read for a few output steps per frame)."""
+        return [self.model[-3], self.model[-1]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.model:
             x = layer(x)
@@ -71,6 +76,10 @@ class SEANetDecoder(nn.Module):
             layers += _residual_blocks(cfg, width)
         layers += [nn.ELU(), StreamingConv1d(width, cfg.channels, cfg.last_kernel_size)]
         self.model = nn.ModuleList(layers)
+
+    def latent_rate_convs(self) -> list[nn.Module]:
+        """The convs whose input is at the latent rate: the first one and the first upsampling one."""
+        return [self.model[0], self.model[2]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.model:

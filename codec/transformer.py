@@ -12,6 +12,7 @@ from torch import nn
 from antiphon.codec.config import CodecConfig
 from antiphon.kernels import layout
 from antiphon.kernels.rope import apply_rope, rope_rotation
+from antiphon.quantize import quantize_weights
 from antiphon.kv_ring import PIECE, KVRing, Step, additive_mask
 from antiphon.stateful import Stateful
 
@@ -87,6 +88,12 @@ class CodecTransformer(Stateful):
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.dimension // cfg.num_heads
         self.layers = nn.ModuleList([TransformerLayer(cfg) for _ in range(cfg.num_layers)])
+
+    def quantize(self) -> int:
+        """Weight-only int8 of every linear weight (antiphon/quantize.py); returns how many."""
+        return quantize_weights([target for layer in self.layers for target in (
+            (layer.self_attn, "in_proj_weight"), (layer.self_attn.out_proj, "weight"),
+            (layer.linear1, "weight"), (layer.linear2, "weight"))], "int8")
 
     def init_state(self, batch_size: int) -> KVRing:
         w = self.layers[0].self_attn.in_proj_weight

@@ -2,7 +2,8 @@
 
 Triton when the input is on a CUDA device and triton imports; the plain-torch reference otherwise.
 The environment variable ANTIPHON_KERNELS forces either, read at every call:
-- `torch`: the reference everywhere (to compare, to debug, or where a kernel misbehaves);
+- `torch`: the reference everywhere (to compare, to debug, or where a kernel misbehaves); unset, a few
+  CPU ops take torch's own fast kernels instead (int8_matmul);
 - `triton`: the Triton kernel everywhere. On CPU tensors that is Triton's interpreter, which also needs
   TRITON_INTERPRET=1 in the environment *before* the kernel modules are imported (Triton decides
   compiled or interpreted when it decorates a kernel), e.g.
@@ -113,9 +114,15 @@ def decode_attention(q, keys, values, key_positions, q_positions, context=None, 
 
 
 def int8_matmul(x, q, scale):
-    """x @ W.T with W int8 rows and a scale each: see kernels/quant_matmul.py."""
+    """x @ W.T with W int8 rows and a scale each: see kernels/quant_matmul.py. On the CPU, for a few rows
+    (not forced to the reference, no autograd), torch's weight-only int8 kernel."""
     m = _kernel("quant_matmul")
-    return (m.int8_matmul_triton if use_triton(x) else m.int8_matmul_reference)(x, q, scale)
+    if use_triton(x):
+        return m.int8_matmul_triton(x, q, scale)
+    if (x.device.type == "cpu" and x.numel() <= m.CPU_ROWS * x.shape[-1] and not torch.is_grad_enabled()
+            and os.environ.get(ENV, "").strip().lower() != "torch"):
+        return m.int8_matmul_cpu(x, q, scale)
+    return m.int8_matmul_reference(x, q, scale)
 
 
 def int4_matmul(x, packed, scales, group_size):

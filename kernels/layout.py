@@ -54,7 +54,8 @@ def matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out.view(*x.shape[:-1], n)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear for a weight [out, in, *k] in either layout; x [..., in * k]."""
-    y = matmul(x, weight.flatten(1).t())
+def linear(x: torch.Tensor, weight: torch.Tensor | nn.Module, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear for a weight [out, in, *k] in either layout, or a quantized weight (a module:
+    antiphon/quantize.QuantizedWeight); x [..., in * k]."""
+    y = weight(x) if isinstance(weight, nn.Module) else matmul(x, weight.flatten(1).t())
     return y if bias is None else y + bias

@@ -22,12 +22,6 @@ def small_batch_weight(out_features: int, in_features: int) -> nn.Parameter:
     return layout.small_batch_layout(torch.empty(out_features, in_features))
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor | nn.Module) -> torch.Tensor:
-    """x [..., in] -> [..., out]: a float weight [out, in] (small-batch layout) or a quantized one
-    (lm/quantize.QuantizedWeight, a module)."""
-    return weight(x) if isinstance(weight, nn.Module) else layout.linear(x, weight)
-
-
 class Linear(nn.Module):
     """A bias-free linear layer, weight [out, in] in the small-batch storage layout (or quantized)."""
 
@@ -36,7 +30,7 @@ class Linear(nn.Module):
         self.weight = small_batch_weight(out_features, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight)
+        return layout.linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):

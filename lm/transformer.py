@@ -21,7 +21,7 @@ from antiphon.kernels import dispatch, layout
 from antiphon.kernels.rope import apply_rope, rope_rotation
 from antiphon.lm.config import LMConfig
 from antiphon.lm.layers import (FeedForwardLayer, LayerScale, Linear, add_and_norm, attend, causal_window_mask,
-                                linear, make_norm, sin_embedding, small_batch_weight, split_heads)
+                                make_norm, sin_embedding, small_batch_weight, split_heads)
 from antiphon.kv_ring import PIECE, KVRing, Step
 from antiphon.stateful import Stateful
 
@@ -84,7 +84,7 @@ class SelfAttention(nn.Module):
         this call's Step), S = the ring's live window; the keys are written first. A one-step call where
         kernels.dispatch picks Triton attends with the decode kernel over the whole ring (it masks by key
         position itself, the same rule as the mask)."""
-        proj = linear(x, self.in_proj_weight)
+        proj = layout.linear(x, self.in_proj_weight)
         q, k, v = split_heads(proj, self.num_heads, self.num_heads // self.kv_repeat)
         q, k = _rope(q, k, tables)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

@@ -24,6 +24,12 @@ def test_bench_codec_without_reference(tmp_path, capsys):
     assert "codec streaming, batch 1" in capsys.readouterr().out
 
 
+def test_bench_codec_quantized(tmp_path, capsys):
+    result = _run(tmp_path, "codec", "--frames", "2", "--no-reference", "--quantize", "int8")
+    assert result["settings"]["quantize"] == "int8" and result["antiphon"]["steps"] == 4
+    assert "int8 weights" in capsys.readouterr().out
+
+
 def test_bench_lm_without_reference(tmp_path):
     result = _run(tmp_path, "lm", "--steps", "3", "--batch", "2", "--no-reference")
     assert result["antiphon"]["steps"] == 6

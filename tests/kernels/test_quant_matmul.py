@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from antiphon.kernels.quant_matmul import (dequantize_int4, dequantize_int8, int4_matmul_reference,
-                                           int4_matmul_triton, int8_matmul_reference, int8_matmul_triton,
-                                           quantize_int4, quantize_int8)
+from antiphon.kernels import dispatch
+from antiphon.kernels.quant_matmul import (CPU_ROWS, dequantize_int4, dequantize_int8, int4_matmul_reference,
+                                           int4_matmul_triton, int8_matmul_cpu, int8_matmul_reference,
+                                           int8_matmul_triton, quantize_int4, quantize_int8)
 
 # bfloat16: Triton's interpreter rounds float32 -> bfloat16 toward zero (the GPU to nearest), up to one
 # bfloat16 ulp (2^-7 relative) away from torch's rounding of the same float32 value
@@ -102,6 +103,35 @@ def test_leading_dims_flatten_to_rows():
                                **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 2, 4, 9])
+def test_int8_matmul_cpu_is_the_reference_within_bfloat16_rounding(dtype, m):
+    # torch's CPU kernel reads bfloat16 activations and scales: ~3e-3 relative on Gaussian data
+    x, w = _data(m, 256, 96, dtype)
+    q, scale = quantize_int8(w.t().contiguous().t())  # a column-major weight quantizes to row-major q
+    assert q.is_contiguous()
+    out = int8_matmul_cpu(x.reshape(1, m, 256), q, scale)
+    reference = int8_matmul_reference(x.reshape(1, m, 256), q, scale)
+    assert out.dtype == dtype and out.shape == (1, m, 96)
+    error = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
+    assert 0 < error < 6e-3
+
+
+def test_dispatch_takes_the_cpu_kernel_for_a_few_rows_without_autograd(monkeypatch):
+    x, w = _data(CPU_ROWS + 1, 128, 64, torch.float32)
+    q, scale = quantize_int8(w)
+    few = x[:CPU_ROWS]
+    monkeypatch.delenv(dispatch.ENV, raising=False)
+    with torch.no_grad():
+        assert torch.equal(dispatch.int8_matmul(few, q, scale), int8_matmul_cpu(few, q, scale))
+        assert torch.equal(dispatch.int8_matmul(x, q, scale), int8_matmul_reference(x, q, scale))  # too many rows
+    assert torch.equal(dispatch.int8_matmul(few, q, scale), int8_matmul_reference(few, q, scale))  # autograd
+    monkeypatch.setenv(dispatch.ENV, "torch")
+    with torch.no_grad():
+        assert torch.equal(dispatch.int8_matmul(few, q, scale), int8_matmul_reference(few, q, scale))
+    assert not torch.equal(int8_matmul_cpu(few, q, scale), int8_matmul_reference(few, q, scale))
+
+
 def test_quantization_error_is_small():
     # relative Frobenius error of x @ W.T on Gaussian weights: about 0.7% (int8), 10% / 12% (int4, group 32 / 128)
     x, w = _data(64, 256, 512, torch.float32)
@@ -117,7 +147,7 @@ def test_bad_inputs_raise():
     w = torch.randn(8, 64)
     q, scale = quantize_int8(w)
     packed, scales = quantize_int4(w, 32)
-    for fn in (int8_matmul_reference, int8_matmul_triton):
+    for fn in (int8_matmul_reference, int8_matmul_triton, int8_matmul_cpu):
         with pytest.raises(ValueError, match=r"last dimension \(63\).*K \(64\)"):
             fn(torch.randn(2, 63), q, scale)
         with pytest.raises(ValueError, match="int8"):

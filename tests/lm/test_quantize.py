@@ -10,7 +10,8 @@ import torch
 
 from antiphon.errors import InputError
 from antiphon.lm import LM
-from antiphon.lm.quantize import QuantizedWeight, quantize_lm
+from antiphon.lm.quantize import quantize_lm
+from antiphon.quantize import QuantizedWeight
 
 from .tiny import MOSHI, make_tiny_lm, random_codes
 
