@@ -52,6 +52,9 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--quantize", choices=("int8", "int4"), default=None,
                    help="weight-only quantization of the LM's temporal transformer at load (GPU memory and speed; "
                         "changes the numbers slightly; default: none)")
+    p.add_argument("--codec-quantize", choices=("int8",), default=None,
+                   help="int8 weights for the codec's latent-rate layers (Codec.quantize: a CPU streams a frame "
+                        "~20%% faster at batch 1; codes may differ from the float codec's on near-ties; default: none)")
     p.add_argument("--kv-dtype", choices=("bfloat16", "int8"), default=None,
                    help="how the attention cache stores keys and values: bfloat16, or int8 with a scale per key "
                         "(about half / a quarter of float32's memory per slot; default: the model's dtype)")
@@ -104,6 +107,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.queue < 0 or args.queue_timeout <= 0:
         raise InputError(f"--queue must be >= 0 and --queue-timeout positive, got {args.queue} and {args.queue_timeout}")
     codec = lm.codec  # loaded before the slots are sized from the free memory
+    if args.codec_quantize:
+        codec.quantize(args.codec_quantize)
     slots = args.slots or default_slots(lm, codec)
     server = build_server(lm, codec, slots, tokenizer=tokenizer, api_keys=keys, auth_required=required,
                           interval=args.tick_ms / 1000, rng=rng, voices=args.voices, idle_timeout=args.idle_timeout,

@@ -18,11 +18,12 @@ from websockets.asyncio.client import connect
 from tests.streaming.tiny_pair import save_pair
 
 
-def test_serve_a_model_directory(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--codec-quantize", "int8"]], ids=["float", "int8-codec"])
+def test_serve_a_model_directory(tmp_path, options):
     save_pair(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "antiphon", "serve", "--model", str(tmp_path), "--port", "0",
-                             "--slots", "2", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--slots", "2", "--device", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:
         line = proc.stdout.readline()
