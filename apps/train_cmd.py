@@ -33,9 +33,16 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
         "codec", parents=common, formatter_class=Formatter, help="train a Mimi-architecture codec",
         description="Train a codec with Mimi's architecture (a smaller config) on the audio of DATA "
                     "directories: multi-scale mel reconstruction loss, commitment loss, EMA codebooks. "
+                    "With --adversarial or --feature above 0, a multi-scale STFT discriminator trains beside "
+                    "it from --disc-start, and its hinge adversarial and feature-matching losses join the "
+                    "codec's; a run trained without one takes one on when run again with these options and "
+                    "a higher --steps (fine-tuning; a fresh discriminator starts at the saved step). "
                     "At the end, the codec is exported to OUT/model and evaluated (STOI, SNR at all its "
                     "codebooks) on the --eval datasets.",
-        epilog="example:\n  antiphon train codec data/tts data/asr --out runs/codec --steps 6000 --eval data/tts-eval")
+        epilog="examples:\n"
+               "  antiphon train codec data/tts data/asr --out runs/codec --steps 6000 --eval data/tts-eval\n"
+               "  antiphon train codec data/tts data/asr --out runs/codec --steps 8000 --adversarial 0.1 --feature 1 \\\n"
+               "      --eval data/tts-eval    # fine-tunes the run above with a discriminator")
     codec.add_argument("data", nargs="+", metavar="DATA", help="dataset directories (antiphon data generate)")
     codec.add_argument("--out", required=True, metavar="DIR", help="run directory (created; resumed when it holds a run)")
     _recipe_arguments(codec, _codec_recipe())
@@ -86,8 +93,9 @@ def _recipe_arguments(parser: argparse.ArgumentParser, recipe) -> None:
     group = parser.add_argument_group("recipe (a resumed run must be given the same values)")
     for field in dataclasses.fields(recipe):
         default = getattr(recipe, field.name)
+        help = " ".join(filter(None, [field.metadata.get("help"), f"(default: {default})"]))
         group.add_argument(f"--{field.name.replace('_', '-')}", type=type(default), default=default,
-                           metavar=field.name.upper(), help=f"(default: {default})")
+                           metavar=field.name.upper(), help=help)
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,11 +6,20 @@ runs the differentiable offline path (encoder -> transformer -> downsample -> sp
 straight-through gradient -> upsample -> transformer -> decoder) and minimises the multi-scale mel
 loss plus the commitment loss; the codebooks learn by EMA (train/vq.py). Batches and re-seeded
 centroids depend only on (seed, step), so a resumed run is the run that was not interrupted.
+
+With `adversarial` or `feature` > 0, a multi-scale STFT discriminator (train/discriminator.py) trains
+beside the codec from step `disc_start`: each step it takes one hinge update on the batch and the
+decoded audio (detached), then the codec adds `adversarial` x the hinge generator loss and `feature` x
+the feature-matching loss against the updated discriminator. The discriminator and its optimizer are
+saved and resumed with the run. A run recorded without a discriminator (weights 0, or a run older than
+these fields) may be resumed with one, the main use: fine-tuning a trained codec with these losses
+(give a higher --steps); a fresh discriminator, seeded from `seed`, then starts at the saved step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 
@@ -21,7 +30,9 @@ from tqdm import tqdm
 from antiphon.codec.config import CodecConfig
 from antiphon.codec.model import Codec
 from antiphon.errors import InputError
-from antiphon.train.losses import MultiScaleMelLoss
+from antiphon.train.discriminator import MultiScaleSTFTDiscriminator
+from antiphon.train.losses import (MultiScaleMelLoss, discriminator_hinge_loss, feature_matching_loss,
+                                   generator_hinge_loss)
 from antiphon.train.run_dir import RunDir, Training, warmup_cosine
 from antiphon.train.shards import iter_examples, read_manifest
 from antiphon.train.vq import EmaSplitVQ
@@ -35,6 +46,7 @@ SMALL = CodecConfig(dimension=128, n_filters=16, num_heads=4, num_layers=2, dim_
 TINY = CodecConfig(dimension=32, n_filters=4, num_heads=2, num_layers=1, dim_feedforward=64,
                    codebook_dim=16, codebook_size=64, n_q=4)
 SIZES = {"small": SMALL, "tiny": TINY}
+DISCRIMINATOR_FIELDS = ("adversarial", "feature", "disc_start", "disc_lr", "disc_channels")
 
 
 @dataclasses.dataclass
@@ -47,6 +59,18 @@ class CodecRecipe:
     warmup: int = 200
     commitment: float = 1.0
     seed: int = 0
+    adversarial: float = dataclasses.field(default=0.0, metadata={
+        "help": "weight of the hinge adversarial loss against a multi-scale STFT discriminator (0: none)"})
+    feature: float = dataclasses.field(default=0.0, metadata={
+        "help": "weight of the discriminator's feature-matching loss (0: none)"})
+    disc_start: int = dataclasses.field(default=0, metadata={
+        "help": "step from which the discriminator trains and its losses apply"})
+    disc_lr: float = dataclasses.field(default=3e-4, metadata={"help": "the discriminator's learning rate"})
+    disc_channels: int = dataclasses.field(default=32, metadata={"help": "the discriminator's conv width"})
+
+    @property
+    def has_discriminator(self) -> bool:
+        return self.adversarial > 0 or self.feature > 0
 
     def config(self) -> CodecConfig:
         if self.size not in SIZES:
@@ -85,14 +109,22 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
                 progress: bool = True, device: str | torch.device = "cpu") -> dict:
     """Train (or resume) into `out` on `device`; returns the evaluation (empty without eval_dirs)."""
     run = RunDir(out)
-    resuming = run.start(dataclasses.asdict(recipe))
+    resuming = start(run, recipe)
     config = recipe.config()
     torch.manual_seed(recipe.seed)
     codec = Codec(config, num_codebooks=config.n_q).to(device).train()
     quantizer = EmaSplitVQ(codec.quantizer)
     optimizer = torch.optim.AdamW(codec.parameters(), lr=recipe.lr, betas=(0.8, 0.99), weight_decay=0.0)
-    training = Training(codec, optimizer, warmup_cosine(optimizer, recipe.warmup, recipe.steps), {"quantizer": quantizer})
-    step = run.resume(training) if resuming else 0
+    adversary = {}
+    if recipe.has_discriminator:
+        torch.manual_seed(recipe.seed)
+        discriminator = MultiScaleSTFTDiscriminator(recipe.disc_channels).to(device).train()
+        disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=recipe.disc_lr, betas=(0.5, 0.9),
+                                           weight_decay=0.0)
+        adversary = {"discriminator": discriminator, "disc_optimizer": disc_optimizer}
+    training = Training(codec, optimizer, warmup_cosine(optimizer, recipe.warmup, recipe.steps),
+                        {"quantizer": quantizer} | adversary)
+    step = resume(run, training, optional=adversary) if resuming else 0
     pool = AudioPool(list(data_dirs))
     logger.info("codec training on %.2f h of audio from %s", pool.seconds / 3600, ", ".join(data_dirs))
     mel_loss = MultiScaleMelLoss(config.sample_rate)
@@ -111,6 +143,11 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
             decoded = codec.decode_latent(quantized)
             reconstruction = mel_loss(decoded, wav)
             loss = reconstruction + recipe.commitment * commitment
+            parts = {}
+            if adversary and step >= recipe.disc_start:
+                parts["disc"] = discriminator_step(discriminator, disc_optimizer, wav, decoded)
+                parts["adv"], parts["fm"] = generator_losses(discriminator, wav, decoded)
+                loss = loss + recipe.adversarial * parts["adv"] + recipe.feature * parts["fm"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
@@ -120,7 +157,7 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
             bar.update(1)
             if step % log_every == 0 or step == recipe.steps:
                 record = {"step": step, "loss": round(loss.item(), 5), "mel": round(reconstruction.item(), 5),
-                          "commitment": round(commitment.item(), 5)}
+                          "commitment": round(commitment.item(), 5)} | {k: round(v.item(), 5) for k, v in parts.items()}
                 run.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
             if step % save_every == 0 or step == recipe.steps:
@@ -132,6 +169,57 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
         results["steps"] = step
         run.write_eval(results)
     return results
+
+
+def start(run: RunDir, recipe: CodecRecipe) -> bool:
+    """`run.start` with CodecRecipe's defaults for the fields a recorded recipe lacks; a run recorded
+    without a discriminator may take one on (its discriminator fields then change, as --steps may)."""
+    defaults = dataclasses.asdict(CodecRecipe())
+    recorded = run.path / "recipe.json"
+    may_change = ()
+    if recipe.has_discriminator and recorded.exists():
+        if not CodecRecipe(**defaults | json.loads(recorded.read_text())).has_discriminator:
+            may_change = DISCRIMINATOR_FIELDS
+            logger.info("%s: a run without a discriminator goes on with one (adversarial %s, feature %s)",
+                        run.path, recipe.adversarial, recipe.feature)
+    return run.start(dataclasses.asdict(recipe), defaults, may_change)
+
+
+def resume(run: RunDir, training: Training, optional: dict) -> int:
+    """`run.resume`; the parts named in `optional` (the discriminator and its optimizer) stay as built
+    when the saved state lacks them (a run that takes a discriminator on now)."""
+    saved = run.load().keys()
+    missing = {k for k in optional if k not in saved}
+    extras = {k: v for k, v in training.extras.items() if k not in missing}
+    step = run.resume(dataclasses.replace(training, extras=extras))
+    if missing:
+        logger.info("%s: no discriminator saved at step %d: a fresh one starts", run.path, step)
+    return step
+
+
+def discriminator_step(discriminator: MultiScaleSTFTDiscriminator, optimizer: torch.optim.Optimizer,
+                       real: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """One hinge update of the discriminator on real and decoded audio [B, 1, T]; no gradient reaches
+    whatever made `decoded`. Returns the (detached) loss."""
+    real_logits = [logits for logits, _ in discriminator(real)]
+    fake_logits = [logits for logits, _ in discriminator(decoded.detach())]
+    loss = discriminator_hinge_loss(real_logits, fake_logits)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def generator_losses(discriminator: MultiScaleSTFTDiscriminator, real: torch.Tensor,
+                     decoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hinge adversarial and the feature-matching loss of decoded audio [B, 1, T] against real audio;
+    their gradients reach `decoded` only, not the discriminator's weights."""
+    discriminator.requires_grad_(False)
+    with torch.no_grad():
+        real_features = [features for _, features in discriminator(real)]
+    fake_logits, fake_features = zip(*discriminator(decoded))
+    discriminator.requires_grad_(True)
+    return generator_hinge_loss(list(fake_logits)), feature_matching_loss(real_features, list(fake_features))
 
 
 def evaluate_codec(codec: Codec, eval_dirs: list[str], count: int, progress: bool = True) -> dict:

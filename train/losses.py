@@ -1,4 +1,6 @@
-"""Reconstruction losses for the codec: multi-scale mel spectrogram distances."""
+"""The codec's losses: multi-scale mel spectrogram distances (reconstruction), and the hinge and
+feature-matching losses against a discriminator (train/discriminator.py), each averaged over its
+sub-discriminators."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 SCALES = ((2048, 80), (1024, 80), (512, 64), (256, 32), (128, 16))  # (window, mel bands)
 
@@ -48,3 +51,23 @@ class MultiScaleMelLoss(nn.Module):
                           window=torch.hann_window(window, device=wav.device), return_complex=True)
         filters = mel_filters(window, bands, self.sample_rate).to(wav.device)
         return filters @ spec.abs()  # [B, bands, frames]
+
+
+def discriminator_hinge_loss(real: list[torch.Tensor], fake: list[torch.Tensor]) -> torch.Tensor:
+    """mean relu(1 - D(real)) + mean relu(1 + D(fake)), from each sub-discriminator's logits."""
+    return torch.stack([F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)]).mean()
+
+
+def generator_hinge_loss(fake: list[torch.Tensor]) -> torch.Tensor:
+    """mean relu(1 - D(fake)), from each sub-discriminator's logits on decoded audio."""
+    return torch.stack([F.relu(1 - f).mean() for f in fake]).mean()
+
+
+def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """EnCodec's relative form: per sub-discriminator, the mean over its feature maps of
+    mean |fake - real| / mean |real|; `real` is the target (no gradient)."""
+    def relative(r: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        r = r.detach()
+        return (f - r).abs().mean() / r.abs().mean().clamp(min=1e-8)
+
+    return torch.stack([torch.stack([relative(r, f) for r, f in zip(rs, fs)]).mean() for rs, fs in zip(real, fake)]).mean()

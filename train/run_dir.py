@@ -34,14 +34,16 @@ class RunDir:
         self.model_path = self.path / "model"
 
     # ------------------------------------------------------------------ recipe
-    def start(self, recipe: dict, defaults: dict | None = None) -> bool:
-        """Record `recipe` for a new run, or check it against the recorded one (only `steps` may
-        change: the schedule then ends at the new count); True when a saved state is there to resume from.
-        A field the recorded recipe lacks (a run older than the field) counts as its value in `defaults`."""
+    def start(self, recipe: dict, defaults: dict | None = None, may_change: tuple[str, ...] = ()) -> bool:
+        """Record `recipe` for a new run, or check it against the recorded one (only `steps` and the
+        fields in `may_change` may change: the schedule then ends at the new count); True when a saved
+        state is there to resume from. A field the recorded recipe lacks (a run older than the field)
+        counts as its value in `defaults`."""
         path = self.path / "recipe.json"
         if path.exists():
             saved = (defaults or {}) | json.loads(path.read_text())
-            changed = sorted(k for k in set(saved) | set(recipe) if k != "steps" and saved.get(k) != recipe.get(k))
+            free = {"steps", *may_change}
+            changed = sorted(k for k in set(saved) | set(recipe) if k not in free and saved.get(k) != recipe.get(k))
             if changed:
                 raise InputError(f"{self.path} holds a run with another recipe (differs in {', '.join(changed)}); "
                                  "give a new --out directory")
@@ -104,7 +106,7 @@ class RunDir:
         records = self.history()
         if not records:
             return None
-        keys = [k for k in records[0] if k != "step"]
+        keys = list(dict.fromkeys(k for r in records for k in r if k != "step"))  # curves that start later too
         fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
         steps = [r["step"] for r in records]
         for ax, key in zip(axes[:, 0], keys):

@@ -10,11 +10,12 @@ import torch
 from antiphon.codec import Codec
 from antiphon.codec.quantizer import ResidualVQ
 from antiphon.errors import InputError
-from antiphon.train.codec_train import TINY, CodecRecipe, train_codec
+from antiphon.train.codec_train import DISCRIMINATOR_FIELDS, TINY, CodecRecipe, train_codec
 from antiphon.train.losses import MultiScaleMelLoss, mel_filters
 from antiphon.train.vq import EmaResidualVQ
 
 RECIPE = CodecRecipe(size="tiny", steps=4, batch=2, segment_frames=2, warmup=2)
+ADVERSARIAL = CodecRecipe(**{**RECIPE.__dict__, "adversarial": 0.1, "feature": 1.0, "disc_start": 1, "disc_channels": 4})
 
 
 def test_ema_quantizer_picks_the_codes_the_codec_encodes():
@@ -56,10 +57,18 @@ def test_mel_loss_is_zero_for_equal_signals_and_grows_with_noise():
     assert filters.shape == (32, 257) and (filters.sum(1) > 0).all()
 
 
-def test_resumed_run_equals_the_uninterrupted_one(tmp_path, speech_dir):
+def _assert_equal_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for part, value in a.items():
+        if part != "rng":
+            torch.testing.assert_close(value, b[part], rtol=0, atol=0, msg=part)
+
+
+@pytest.mark.parametrize("base", [RECIPE, ADVERSARIAL], ids=["mel", "adversarial"])
+def test_resumed_run_equals_the_uninterrupted_one(tmp_path, speech_dir, base):
     # a run stopped after 2 steps, then resumed with more: --steps may change on resume; with all
     # steps inside the warmup the schedule does not depend on it, so both runs see the same rates
-    recipe = CodecRecipe(**{**RECIPE.__dict__, "warmup": 10})
+    recipe = CodecRecipe(**{**base.__dict__, "warmup": 10})
     train_codec([speech_dir], tmp_path / "straight", recipe, save_every=2, progress=False)
     interrupted = tmp_path / "resumed"
     train_codec([speech_dir], interrupted, CodecRecipe(**{**recipe.__dict__, "steps": 2}), save_every=2, progress=False)
@@ -67,8 +76,8 @@ def test_resumed_run_equals_the_uninterrupted_one(tmp_path, speech_dir):
     a = torch.load(tmp_path / "straight" / "state.pt", weights_only=False)
     b = torch.load(interrupted / "state.pt", weights_only=False)
     assert a["step"] == b["step"] == 4
-    for key, value in a["model"].items():
-        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=0, msg=key)
+    assert ("discriminator" in a) == ("disc_optimizer" in a) == recipe.has_discriminator
+    _assert_equal_states(a, b)  # model, optimizer, schedule, quantizer (and discriminator, its optimizer)
     history = [json.loads(line)["step"] for line in (interrupted / "history.jsonl").read_text().splitlines()]
     assert history == sorted(set(history))  # no step logged twice
 
@@ -100,3 +109,40 @@ def test_every_weight_of_the_codec_trains():
     # weights stored in the small-batch layout (kernels/layout.py) once came out frozen
     codec = Codec(TINY, num_codebooks=TINY.n_q)
     assert [n for n, p in codec.named_parameters() if not p.requires_grad] == []
+
+
+def test_the_adversarial_losses_apply_from_disc_start_and_are_logged(tmp_path, speech_dir):
+    train_codec([speech_dir], tmp_path, ADVERSARIAL, log_every=1, progress=False)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history] == [1, 2, 3, 4]
+    assert "disc" not in history[0]  # step index 0 < disc_start
+    for record in history[1:]:
+        assert record["disc"] > 0 and record["adv"] > 0 and record["fm"] > 0
+        assert record["loss"] == pytest.approx(record["mel"] + record["commitment"] + 0.1 * record["adv"] + record["fm"],
+                                               abs=1e-4)
+
+
+@pytest.mark.parametrize("recorded", ["older than the fields", "without a discriminator"])
+def test_a_run_without_a_discriminator_goes_on_with_one(tmp_path, speech_dir, recorded, caplog):
+    train_codec([speech_dir], tmp_path, CodecRecipe(**{**RECIPE.__dict__, "steps": 2}), save_every=2, progress=False)
+    if recorded == "older than the fields":
+        saved = json.loads((tmp_path / "recipe.json").read_text())
+        (tmp_path / "recipe.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in DISCRIMINATOR_FIELDS}))
+    mel_only = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert "discriminator" not in mel_only
+    with caplog.at_level("INFO", logger="antiphon.train.codec_train"):
+        train_codec([speech_dir], tmp_path, ADVERSARIAL, log_every=1, progress=False)
+    assert "a fresh one starts" in caplog.text
+    state = torch.load(tmp_path / "state.pt", weights_only=False)
+    assert state["step"] == 4 and "discriminator" in state and "disc_optimizer" in state
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history if "adv" in r] == [3, 4]
+    assert json.loads((tmp_path / "recipe.json").read_text())["adversarial"] == 0.1
+    # from now on it is a run with a discriminator: its weights must stay
+    with pytest.raises(InputError, match="another recipe.*adversarial"):
+        train_codec([speech_dir], tmp_path, CodecRecipe(**{**ADVERSARIAL.__dict__, "adversarial": 0.2}), progress=False)
+    # and the other fields are still checked when it takes one on
+    other = tmp_path / "other"
+    train_codec([speech_dir], other, CodecRecipe(**{**RECIPE.__dict__, "steps": 1}), progress=False)
+    with pytest.raises(InputError, match="another recipe.*lr"):
+        train_codec([speech_dir], other, CodecRecipe(**{**ADVERSARIAL.__dict__, "lr": 0.5}), progress=False)
