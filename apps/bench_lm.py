@@ -31,8 +31,12 @@ def register(targets, common) -> None:
                     "reference's LMGen with the same weights.",
         epilog="examples:\n"
                "  antiphon bench lm                      # the ~75 M dialogue shape, random weights, batch 1\n"
-               "  antiphon bench lm --batch 8 --json lm-b8.json")
+               "  antiphon bench lm --batch 8 --json lm-b8.json\n"
+               "  antiphon bench lm --quantize int8       # antiphon's int8 temporal transformer, the reference in float")
     parser.add_argument("--shape", choices=sorted(SHAPES), default="dialogue-75m", help="model shape (random weights)")
+    parser.add_argument("--quantize", choices=("int8", "int4"),
+                        help="antiphon's temporal transformer weights quantized after saving (lm/quantize.py); "
+                             "the reference keeps the float weights")
     add_common_options(parser, "step")
     parser.set_defaults(run=run)
 
@@ -68,6 +72,10 @@ def run(args) -> int:
         lm.save_pretrained(tmp)
         lm = lm.to(device)
         params = sum(p.numel() for p in lm.parameters())
+        if args.quantize:
+            from antiphon.lm.quantize import quantize_lm
+
+            quantize_lm(lm, args.quantize)
         reference = None if args.no_reference else ReferenceRunner.start("lm_bench.py", [
             "--checkpoint", tmp, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
             "--device", args.device, "--threads", str(torch.get_num_threads())])
@@ -81,12 +89,14 @@ def run(args) -> int:
     result = {
         "benchmark": "LM streaming generation step",
         "machine": machine(device),
-        "settings": {"shape": args.shape, "parameters": params, "batch": args.batch, "steps": args.steps,
+        "settings": {"shape": args.shape, "parameters": params, "quantize": args.quantize, "batch": args.batch,
+                     "steps": args.steps,
                      "warmup": args.warmup, "rounds": args.rounds, "device": str(device),
                      "sampling": "temp 0.8 / top-k 250 audio, temp 0.7 / top-k 25 text"},
         "antiphon": summarize(turns.ours, STEP_MS),
     }
     compare(result, turns.ours, turns.theirs, turns.ratios, STEP_MS, reference)
-    report(result, f"LM step, {args.shape} ({params / 1e6:.1f} M parameters), batch {args.batch}, {device} "
+    quantized = f", {args.quantize} weights" if args.quantize else ""
+    report(result, f"LM step, {args.shape} ({params / 1e6:.1f} M parameters{quantized}), batch {args.batch}, {device} "
                    f"({torch.get_num_threads()} threads)", "step", args.json, "lm")
     return 0

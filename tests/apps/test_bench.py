@@ -34,7 +34,13 @@ def test_bench_lm_without_reference(tmp_path):
     result = _run(tmp_path, "lm", "--steps", "3", "--batch", "2", "--no-reference")
     assert result["antiphon"]["steps"] == 6
     assert 70e6 < result["settings"]["parameters"] < 80e6
-    assert result["settings"]["batch"] == 2
+    assert result["settings"]["batch"] == 2 and result["settings"]["quantize"] is None
+
+
+def test_bench_lm_quantized(tmp_path, capsys):
+    result = _run(tmp_path, "lm", "--steps", "2", "--no-reference", "--quantize", "int8")
+    assert result["settings"]["quantize"] == "int8" and result["antiphon"]["steps"] == 4
+    assert "int8 weights" in capsys.readouterr().out
 
 
 @pytest.mark.reference
