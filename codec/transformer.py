@@ -12,8 +12,8 @@ from torch import nn
 from antiphon.codec.config import CodecConfig
 from antiphon.kernels import layout
 from antiphon.kernels.rope import apply_rope, rope_rotation
-from antiphon.quantize import quantize_weights
 from antiphon.kv_ring import PIECE, KVRing, Step, additive_mask
+from antiphon.quantize import quantize_weights
 from antiphon.stateful import Stateful
 
 

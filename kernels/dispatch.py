@@ -42,14 +42,19 @@ def _triton_available() -> bool:
     return _triton.available()
 
 
-def use_triton(x: torch.Tensor) -> bool:
-    """True when the Triton kernel should run on tensors like `x` (see the module docstring)."""
-    forced = os.environ.get(ENV)
-    if not forced:  # the automatic choice, asked ~100 times per LM step: kept cheap
-        return x.is_cuda and not torch.is_grad_enabled() and _triton_available()
-    forced = forced.strip().lower()
+def _forced() -> str:
+    """ANTIPHON_KERNELS, checked: "", "torch" or "triton"."""
+    forced = os.environ.get(ENV, "").strip().lower()
     if forced not in ("", "torch", "triton"):
         raise ValueError(f"{ENV}={forced!r}: expected 'torch', 'triton', or unset for the automatic choice")
+    return forced
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """True when the Triton kernel should run on tensors like `x` (see the module docstring)."""
+    if not os.environ.get(ENV):  # the automatic choice, asked ~100 times per LM step: kept cheap
+        return x.is_cuda and not torch.is_grad_enabled() and _triton_available()
+    forced = _forced()
     if forced == "torch" or torch.is_grad_enabled():
         return False
     if forced == "triton":
@@ -120,7 +125,7 @@ def int8_matmul(x, q, scale):
     if use_triton(x):
         return m.int8_matmul_triton(x, q, scale)
     if (x.device.type == "cpu" and x.numel() <= m.CPU_ROWS * x.shape[-1] and not torch.is_grad_enabled()
-            and os.environ.get(ENV, "").strip().lower() != "torch"):
+            and _forced() != "torch"):
         return m.int8_matmul_cpu(x, q, scale)
     return m.int8_matmul_reference(x, q, scale)
 
