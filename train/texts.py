@@ -6,17 +6,19 @@ the translation of chunk k of the French, so the two sides align chunk by chunk 
 inside a chunk, "a red apple" / "une pomme rouge", stay in one chunk). Slots name fillers from
 `vocabulary` ("{o.en}"); `agree` is the colour in French agreeing with the object.
 
-Held-out rule (for evaluation): in each family the last template is held out (when the family has
-more than one), and every fifth filler of each slot list (index % 5 == 4). A "train" text uses only
-kept templates and kept fillers; an "eval" text uses a held-out template or at least one held-out
-filler, so no eval statement or question is a train one (answers can be: "Seven." answers
-questions of both splits). Every choice is drawn from the numpy Generator given.
+Held-out rule (for evaluation): held-out sentences over the training vocabulary. A template
+rendered with its fillers is an eval sentence when its text (both languages) falls in the eval fifth
+by a stable hash (`_eval_sentence`); every other one is a train sentence. A template without slots
+(a greeting) is always a train sentence: it has no recombination to hold out. So no eval statement
+or question is a train one, and every word of an eval text is heard in training, in other sentences
+(answers can be the same: "Seven." answers questions of both splits). Every choice is drawn from
+the numpy Generator given.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import string
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,7 +27,7 @@ from antiphon.errors import InputError
 from antiphon.train import vocabulary as V
 
 SPLITS = ("train", "eval")
-HELD_OUT_FILLER_EVERY = 5
+EVAL_ONE_IN = 5  # one sentence in five is held out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +157,8 @@ def sample_sentence(rng: np.random.Generator, language: str, split: str) -> str:
 def sample_question(rng: np.random.Generator, language: str, split: str) -> QuestionAnswer:
     """A question and its (correct) answer in `language`, from `split`."""
     side = _side(language)
-    family = QUESTIONS[rng.integers(len(QUESTIONS))]
+    families = QUESTIONS if split == "train" else [f for f in QUESTIONS if f.slots]  # greetings: train only
+    family = families[rng.integers(len(families))]
     index, values, held_out = _choose(family, rng, split)
     answer = family.answers[index if family.paired else rng.integers(len(family.answers))]
     question_text = _sentence(_render(family.templates[index][side], values).replace(" | ", " "))
@@ -163,38 +166,28 @@ def sample_question(rng: np.random.Generator, language: str, split: str) -> Ques
 
 
 def _choose(family: Family, rng: np.random.Generator, split: str) -> tuple[int, dict, bool]:
-    """(template index, slot values, held out) for `split` under the held-out rule."""
+    """(template index, slot values, held out) for `split` under the held-out rule: draws until the
+    sentence is of `split` (one in five is an eval one, so a few draws)."""
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}: choose train or eval")
-    kept = [i for i in range(len(family.templates)) if not _template_held_out(family, i)]
-    held = [i for i in range(len(family.templates)) if _template_held_out(family, i)]
-    slots = list(family.slots)
-    if split == "train":
-        index = kept[rng.integers(len(kept))]
-        picks = {s: _kept_fillers(family.slots[s])[rng.integers(len(_kept_fillers(family.slots[s])))] for s in slots}
-        return index, _values(family, picks), False
-    use_held_template = not slots or rng.random() < 0.5
-    index = held[rng.integers(len(held))] if use_held_template else kept[rng.integers(len(kept))]
-    picks = {s: family.slots[s][rng.integers(len(family.slots[s]))] for s in slots}
-    if not use_held_template:  # a held-out filler in a slot the template says
-        said = [s for s in slots if s in _slot_names(family.templates[index])]
-        forced = said[rng.integers(len(said))]
-        held_fillers = family.slots[forced][HELD_OUT_FILLER_EVERY - 1::HELD_OUT_FILLER_EVERY]
-        picks[forced] = held_fillers[rng.integers(len(held_fillers))]
-    return index, _values(family, picks), True
+    if split == "eval" and not family.slots:
+        raise InputError(f"{family.name!r} has no eval sentences (a template without slots is always a train one)")
+    while True:
+        index = rng.integers(len(family.templates))
+        picks = {s: fillers[rng.integers(len(fillers))] for s, fillers in family.slots.items()}
+        values = _values(family, picks)
+        held_out = _eval_sentence(family, index, values)
+        if held_out == (split == "eval"):
+            return index, values, held_out
 
 
-def _slot_names(template: tuple[str, str]) -> set[str]:
-    """The slots a template pair names: "{o.fr_the}" names o."""
-    return {field.split(".")[0] for side in template for _, field, _, _ in string.Formatter().parse(side) if field}
-
-
-def _template_held_out(family: Family, index: int) -> bool:
-    return len(family.templates) > 1 and index == len(family.templates) - 1
-
-
-def _kept_fillers(fillers: list[SimpleNamespace]) -> list[SimpleNamespace]:
-    return [f for i, f in enumerate(fillers) if i % HELD_OUT_FILLER_EVERY != HELD_OUT_FILLER_EVERY - 1]
+def _eval_sentence(family: Family, index: int, values: dict) -> bool:
+    """Whether template `index` rendered with `values` is an eval sentence: a stable coin on its
+    text, the same on every machine and run."""
+    if not family.slots:
+        return False
+    en, fr = (_render(t, values) for t in family.templates[index])
+    return zlib.crc32(f"{en}\n{fr}".encode()) % EVAL_ONE_IN == 0
 
 
 def _values(family: Family, picks: dict[str, SimpleNamespace]) -> dict:

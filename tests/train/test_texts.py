@@ -1,5 +1,5 @@
-"""Templated text: determinism from the generator, held-out templates and fillers disjoint from
-training ones, chunk alignment of translation pairs, number words."""
+"""Templated text: determinism from the generator, held-out sentences disjoint from training ones
+over the training vocabulary, chunk alignment of translation pairs, number words."""
 
 from __future__ import annotations
 
@@ -69,3 +69,22 @@ def test_errors():
         texts.sample_question(rng, "de", "train")
     with pytest.raises(InputError, match="0..999"):
         number_words(1000, "en")
+
+
+def test_every_eval_word_is_heard_in_training():
+    """Held-out sentences, not held-out words: an eval text recombines words heard in training
+    (elided French words count apart: "l'Italie" is heard as "l'" and "italie")."""
+    words = lambda lines: {w.strip(".,?!").lower() for line in lines for w in line.replace("'", "' ").split()}  # noqa: E731
+    train = words(draw(0, "train", 3000))
+    held = words(draw(1, "eval", 500))
+    assert held <= train, sorted(held - train)[:20]
+
+
+def test_every_family_with_slots_has_eval_sentences():
+    rng = np.random.default_rng(2)
+    for family in texts.STATEMENTS + texts.QUESTIONS:
+        if family.slots:
+            assert texts._choose(family, rng, "eval")[2]
+        else:
+            with pytest.raises(InputError, match="no eval"):
+                texts._choose(family, rng, "eval")
