@@ -8,9 +8,9 @@ DATA=${1:-data}
 RUNS=${2:-runs}
 ANTIPHON=${ANTIPHON:-antiphon}
 JOBS=${JOBS:-2}
-CODEC_STEPS=${CODEC_STEPS:-4000}
-STT_STEPS=${STT_STEPS:-5000}
-TTS_STEPS=${TTS_STEPS:-3200}
+CODEC_STEPS=${CODEC_STEPS:-24000}
+STT_STEPS=${STT_STEPS:-12000}
+TTS_STEPS=${TTS_STEPS:-8000}
 
 dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
   local out="$DATA/$1"; shift
@@ -23,14 +23,15 @@ dataset tts --kind tts --count 2000 --seed 0
 dataset asr --kind asr --count 2000 --seed 0
 dataset tts-eval --kind tts --count 150 --split eval --seed 0
 dataset asr-eval --kind asr --count 150 --split eval --seed 0
-dataset tts-slt --kind tts --backends flite/slt --count 3000 --seed 1
+dataset asr2 --kind asr --count 16000 --seed 20
+dataset tts-slt2 --kind tts --backends flite/slt --count 3000 --seed 21
 dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --seed 1
 
 "$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" --out "$RUNS/codec" --steps "$CODEC_STEPS" \
     --eval "$DATA/tts-eval" "$DATA/asr-eval" --eval-count 40
-"$ANTIPHON" train lm --task stt "$DATA/asr" "$DATA/tts" --codec "$RUNS/codec/model" --out "$RUNS/stt" \
-    --steps "$STT_STEPS" --eval "$DATA/asr-eval" "$DATA/tts-eval" --eval-count 60
-"$ANTIPHON" train lm --task tts "$DATA/tts-slt" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
+"$ANTIPHON" train lm --task stt "$DATA/asr2" --codec "$RUNS/codec/model" --out "$RUNS/stt" \
+    --steps "$STT_STEPS" --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" --eval-count 60
+"$ANTIPHON" train lm --task tts "$DATA/tts-slt2" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
     --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt/model"
 
 "$ANTIPHON" train embed codec "$RUNS/codec/model"
