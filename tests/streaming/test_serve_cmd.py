@@ -18,13 +18,19 @@ from websockets.asyncio.client import connect
 from tests.streaming.tiny_pair import save_pair
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default, whatever the test runner's (a shell's background job ignores
+    SIGINT, and an ignored signal is inherited across exec)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("options", [[], ["--codec-quantize", "int8"]], ids=["float", "int8-codec"])
 def test_serve_a_model_directory(tmp_path, options):
     save_pair(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "antiphon", "serve", "--model", str(tmp_path), "--port", "0",
                              "--slots", "2", "--device", "cpu", *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=_default_sigint)
     try:
         line = proc.stdout.readline()
         assert line.startswith("antiphon: serving dialogue on ws://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
