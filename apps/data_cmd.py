@@ -67,6 +67,10 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                           "slowest, espeak-ng alone the fastest and the only one with French), or voices named "
                           "backend/voice (e.g. flite/slt: that voice only, in either split; the split then "
                           "chooses only the texts)")
+    gen.add_argument("--word-lists", type=float, default=0.0, metavar="SHARE",
+                     help="asr and tts: this share of the examples say 3-8 words in no grammatical order "
+                          "(words of the split's sentences) instead of sentences, so that a recognizer "
+                          "learns words, not sentences (default: 0)")
     gen.add_argument("--shard-size", type=int, default=256, metavar="N", help="examples per shard (default: 256)")
     gen.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="processes making examples (default: 1); the dataset is the same for any N")
@@ -107,7 +111,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     manifest = write_dataset(args.out, args.kind, args.count, args.seed, args.split, backends, args.shard_size,
-                             jobs=args.jobs)
+                             jobs=args.jobs, word_lists=args.word_lists)
     print(f"wrote {manifest['count']} {args.kind} examples ({manifest['audio_s'] / 3600:.2f} h) to {args.out} "
           f"in {manifest['generation_s']:.1f} s: {manifest['audio_s_per_s']:.1f} s of audio per second")
     return 0

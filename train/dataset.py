@@ -4,8 +4,9 @@ with (seed, kind, split, index), and the synthesizers are deterministic, so the 
 the same samples bit for bit, whatever was generated before or alongside.
 
 Kinds (`KINDS`), all at 24 kHz, PCM [C, T] float32 with one `Channel` per row:
-- "asr": one speaker saying 1-3 sentences, with leading and trailing silence, augmented (noise,
-  reverberation, level); words timed. "tts": the same, level only (clean audio).
+- "asr": one speaker saying 1-3 sentences (or, for a chosen share, a word list), with leading and
+  trailing silence, augmented (noise, reverberation, level); words timed. "tts": the same, level only
+  (clean audio).
 - "dialogue": row 0 the model, row 1 the user. 1-3 turns of question then answer, each turn
   either plain (a 0.2-0.8 s gap), overlapping (the answer starts 50-300 ms before the question
   ends), with a backchannel (the user makes a statement, the model says "mhm" in the pause, the
@@ -73,23 +74,28 @@ class Example:
 
 
 def make_example(kind: str, seed: int, index: int, split: str = "train",
-                 backends: tuple[str, ...] = BACKENDS) -> Example:
+                 backends: tuple[str, ...] = BACKENDS, word_lists: float = 0.0) -> Example:
     """Example number `index` of `kind` for (`seed`, `split`), spoken by voices of `backends`
-    only (all by default; espeak-ng alone is the fastest)."""
-    check_arguments(kind, seed, split, backends)
+    only (all by default; espeak-ng alone is the fastest). asr and tts: a `word_lists` share of the
+    examples say a word list (`texts.sample_word_list`) instead of sentences."""
+    check_arguments(kind, seed, split, backends, word_lists)
     if index < 0:
         raise InputError(f"index must be non-negative, got {index}")
     rng = np.random.default_rng([seed, KINDS.index(kind), texts.SPLITS.index(split), index])
-    draw = _Draw(rng, split, tuple(sorted(set(backends))))
+    draw = _Draw(rng, split, tuple(sorted(set(backends))), word_lists)
     make = {"asr": _speech, "tts": _speech, "dialogue": _dialogue, "translation": _translation}[kind]
     pcm, channels, info = make(draw, kind)
     return Example(kind, split, seed, index, pcm, channels, info)
 
 
-def check_arguments(kind: str, seed: int, split: str, backends: tuple[str, ...]) -> None:
+def check_arguments(kind: str, seed: int, split: str, backends: tuple[str, ...], word_lists: float = 0.0) -> None:
     """Raise InputError unless `make_example` can take these."""
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}: choose from {', '.join(KINDS)}")
+    if not 0 <= word_lists <= 1:
+        raise InputError(f"the word-list share is in [0, 1], got {word_lists}")
+    if word_lists and kind not in ("asr", "tts"):
+        raise InputError(f"word lists are for asr and tts data, not {kind}")
     if split not in texts.SPLITS:
         raise InputError(f"unknown split {split!r}: choose train or eval")
     if seed < 0:
@@ -103,7 +109,10 @@ def check_arguments(kind: str, seed: int, split: str, backends: tuple[str, ...])
 # ---------------------------------------------------------------------- kinds
 def _speech(d: "_Draw", kind: str):
     language = d.language()
-    text = " ".join(texts.sample_sentence(d.rng, language, d.split) for _ in range(int(d.rng.integers(1, 4))))
+    if d.word_lists and d.rng.random() < d.word_lists:  # no draw at share 0: older datasets stay the same
+        text = texts.sample_word_list(d.rng, language, d.split)
+    else:
+        text = " ".join(texts.sample_sentence(d.rng, language, d.split) for _ in range(int(d.rng.integers(1, 4))))
     utt = synthesize(text, d.voice(language))
     lead, tail = d.rng.uniform(0.1, 0.6, size=2)
     track = _Track()
@@ -247,11 +256,13 @@ def _voices_by_backend(language: str, split: str, backends: tuple[str, ...]) -> 
 
 @dataclasses.dataclass(frozen=True)
 class _Draw:
-    """The random choices of one example: its generator, split, and the backends it may use."""
+    """The random choices of one example: its generator, split, the backends it may use, and the
+    share of word lists (asr, tts)."""
 
     rng: np.random.Generator
     split: str
     backends: tuple[str, ...]
+    word_lists: float = 0.0
 
     def language(self) -> str:
         """en or fr by `LANGUAGE_WEIGHTS`, among the languages that have voices here."""

@@ -35,19 +35,19 @@ MANIFEST, INDEX = "manifest.json", "index.jsonl"
 
 def write_dataset(out_dir: str | os.PathLike, kind: str, count: int, seed: int, split: str = "train",
                   backends: tuple[str, ...] = BACKENDS, shard_size: int = 256, progress: bool = True,
-                  jobs: int = 1) -> dict:
-    """Generate examples 0..count-1 of (kind, seed, split, backends) into `out_dir` (created; it
+                  jobs: int = 1, word_lists: float = 0.0) -> dict:
+    """Generate examples 0..count-1 of (kind, seed, split, backends, word_lists) into `out_dir` (created; it
     must be empty or absent) and return the manifest. `jobs` > 1 makes examples in that many forked
     processes; each example depends only on its index, so the dataset is the same bit for bit."""
     out = Path(out_dir)
-    check_arguments(kind, seed, split, backends)
+    check_arguments(kind, seed, split, backends, word_lists)
     if count <= 0 or shard_size <= 0 or jobs <= 0:
         raise InputError(f"count, shard size and jobs must be positive, got {count}, {shard_size} and {jobs}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(f"{out} exists and is not an empty directory")
     out.mkdir(parents=True, exist_ok=True)
     started, audio_s, shards = time.perf_counter(), 0.0, []
-    make = functools.partial(make_example, kind, seed, split=split, backends=backends)
+    make = functools.partial(make_example, kind, seed, split=split, backends=backends, word_lists=word_lists)
     with open(out / INDEX, "w", encoding="utf-8") as index, _mapper(jobs) as map_ordered, \
             tqdm(total=count, desc=f"{kind} {split}", unit="ex", disable=not progress) as bar:
         for first in range(0, count, shard_size):
@@ -60,7 +60,7 @@ def write_dataset(out_dir: str | os.PathLike, kind: str, count: int, seed: int, 
                 audio_s += example.duration
     elapsed = time.perf_counter() - started
     manifest = {"format": FORMAT, "kind": kind, "split": split, "seed": seed, "count": count, "backends": list(backends),
-                "sample_rate": SAMPLE_RATE, "shards": shards, "audio_s": round(audio_s, 3),
+                "word_lists": word_lists, "sample_rate": SAMPLE_RATE, "shards": shards, "audio_s": round(audio_s, 3),
                 "generation_s": round(elapsed, 3), "audio_s_per_s": round(audio_s / max(elapsed, 1e-9), 2)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest

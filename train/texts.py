@@ -154,6 +154,17 @@ def sample_sentence(rng: np.random.Generator, language: str, split: str) -> str:
     return sample_question(rng, language, split).question
 
 
+def sample_word_list(rng: np.random.Generator, language: str, split: str) -> str:
+    """3-8 words in no grammatical order, each a word of a different sentence of `split` in `language`
+    (so as frequent as in the sentences): speech whose words a recognizer must read from the audio,
+    with no sentence around them to guess them from."""
+    words = []
+    for _ in range(int(rng.integers(3, 9))):
+        sentence = sample_sentence(rng, language, split).split()
+        words.append(sentence[rng.integers(len(sentence))].strip(".,?!"))
+    return _sentence(" ".join(words)) + "."
+
+
 def sample_question(rng: np.random.Generator, language: str, split: str) -> QuestionAnswer:
     """A question and its (correct) answer in `language`, from `split`."""
     side = _side(language)

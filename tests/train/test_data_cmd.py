@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from antiphon.apps.cli import main
@@ -26,9 +28,19 @@ def test_generate_then_show(tmp_path, capsys):
     assert "antiphon: error:" in capsys.readouterr().err
 
 
+def test_generate_word_lists_records_the_share(tmp_path, capsys):
+    out_dir = tmp_path / "w"
+    assert main(["data", "generate", "--kind", "tts", "--out", str(out_dir), "--count", "2", "--backends",
+                 "espeak-ng", "--word-lists", "1"]) == 0
+    assert json.loads((out_dir / "manifest.json").read_text())["word_lists"] == 1.0
+    rows = [json.loads(line) for line in (out_dir / "index.jsonl").read_text().splitlines()]
+    assert all(3 <= len(r["channels"][0]["words"]) <= 8 for r in rows)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["data", "show", "/nonexistent/dataset"], "not a dataset directory"),
     (["data", "generate", "--kind", "asr", "--out", "{tmp}/x", "--backends", "sam"], "unknown backends"),
+    (["data", "generate", "--kind", "dialogue", "--out", "{tmp}/x", "--word-lists", "0.3"], "asr and tts"),
 ])
 def test_errors_exit_2_with_a_message(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2

@@ -104,6 +104,16 @@ def test_translation_target_words_follow_their_source_words():
             assert start >= source.words[depends_on][2] + lag - 1e-3
 
 
+def test_word_lists_take_their_share_and_leave_share_zero_datasets_unchanged():
+    plain = [dataset.make_example("asr", 5, i, backends=ESPEAK) for i in range(3)]
+    assert all(same(a, dataset.make_example("asr", 5, i, backends=ESPEAK, word_lists=0.0)) for i, a in enumerate(plain))
+    lists = [dataset.make_example("tts", 5, i, backends=ESPEAK, word_lists=1.0) for i in range(3)]
+    for example in lists:
+        words = example.channels[0].words
+        assert 3 <= len(words) <= 8 and words[-1][0].endswith(".")
+        assert all(w[-1] not in ".,?!" for w, _, _ in words[:-1])
+
+
 def test_eval_split_speaks_with_held_out_voices():
     for kind in ("asr", "dialogue", "translation"):
         example = dataset.make_example(kind, 0, 0, split="eval", backends=ESPEAK)
@@ -124,3 +134,7 @@ def test_errors():
         dataset.make_example("asr", -1, 0)
     with pytest.raises(InputError, match="backends"):
         dataset.make_example("asr", 0, 0, backends=("sam",))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        dataset.make_example("asr", 0, 0, word_lists=1.5)
+    with pytest.raises(InputError, match="asr and tts"):
+        dataset.make_example("dialogue", 0, 0, word_lists=0.5)

@@ -43,6 +43,18 @@ def test_texts_are_clean_sentences():
         assert text[-1] in ".?!"
 
 
+def test_word_lists_are_words_of_the_splits_sentences_in_no_sentence():
+    rng = np.random.default_rng(2)
+    vocabulary = {w.strip(".,?!").lower() for text in draw(0, "train", 1500) for w in text.split()}
+    sentences = set(draw(0, "train", 1500))
+    lists = [texts.sample_word_list(rng, ("en", "fr")[i % 2], "train") for i in range(200)]
+    for text in lists:
+        words = text[:-1].split()
+        assert 3 <= len(words) <= 8 and text[-1] == "." and text[0].isupper()
+        assert {w.lower() for w in words} <= vocabulary and text not in sentences
+    assert len(set(lists)) == len(lists)
+
+
 def test_word_alignment_is_monotone_and_covers_the_target():
     rng = np.random.default_rng(1)
     for _ in range(200):
