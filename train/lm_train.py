@@ -101,6 +101,14 @@ def encode_dataset(codec, data_dir: str, cache: Path, progress: bool = True) -> 
     return out
 
 
+def silence_codes(codec) -> torch.Tensor:
+    """long [K]: the codes of digital silence once the codec's state has settled (2 s in), what the
+    transcriber feeds it after the audio to flush the text delay."""
+    with torch.inference_mode():
+        codes = codec.encode(torch.zeros(1, 1, int(2 * codec.sample_rate)))  # [1, K, F]
+    return codes[0, :, -1].long()
+
+
 def drop_text(batch: torch.Tensor, share: float) -> torch.Tensor:
     """batch [B, 1 + n_q, T] with each text token replaced by the zero token (-1) with probability `share`
     (torch's generator): the model must read the audio, not only its own transcript so far."""
@@ -156,13 +164,15 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     step = run.resume(training) if resuming else 0
     sp = _load_sentencepiece(tokenizer_path)
     delay = delay_steps(model.config)
+    silence = silence_codes(codec) if recipe.task == "stt" else None
     sequences = []
     for data_dir in data_dirs:
         for item in encode_dataset(codec, data_dir, run.path / f"codes-{Path(data_dir).name}.pt", progress):
             codes = [c.long() for c in item["codes"]]
             if recipe.task in ("translation", "dialogue") and len(codes) < 2:
                 raise InputError(f"{data_dir}: {recipe.task} needs two-channel examples")
-            sequences.append(streams.build(recipe.task, sp, codes, item["words"], delay, codec.cardinality))
+            sequences.append(streams.build(recipe.task, sp, codes, item["words"], delay, codec.cardinality,
+                                           silence))
     logger.info("%d training sequences from %s", len(sequences), ", ".join(data_dirs))
     model.train()
 

@@ -2,7 +2,8 @@
 time alignment ([1 + n_q, T]: the text row, then audio rows; the LM applies its own delays):
 
 - stt: text = the words of the speech, each WORD marker `text_delay` steps after its audio start;
-  audio rows = the speech's codes (input).
+  audio rows = the speech's codes (input), then `text_delay + STT_TAIL_STEPS` steps of the codec's
+  silence codes, as the transcriber feeds after the audio, so that the last word's delayed text fits.
 - tts: text = the words at their audio start (the padding machine's rules: `initial_padding` first,
   `padding_between + len(tokens) - 1` forced pads after a word's tokens); audio rows = the speech's
   codes (output) `audio_delay` steps behind, the zero token (-1) before.
@@ -24,6 +25,7 @@ import torch
 FRAME_RATE = 12.5
 WORD, PAD, EOS = 0, 3, 2
 END_LAG_S = 0.24
+STT_TAIL_STEPS = 8  # stt: silent steps after the text delay, room for the last word's pieces
 TASKS = ("stt", "tts", "translation", "dialogue")
 
 
@@ -46,11 +48,14 @@ def text_stream(tokenizer, words, steps: int, delay_steps: int = 0, first_step: 
 
 
 def build(task: str, tokenizer, codes: list[torch.Tensor], words: list[list], delay_steps: int,
-          card: int = 2048) -> torch.Tensor:
+          card: int = 2048, silence: torch.Tensor | None = None) -> torch.Tensor:
     """One example -> [1 + n_q, T] long. codes: per channel [K, F]; words: per channel; card: the
-    codebook size (the end-of-input code)."""
+    codebook size (the end-of-input code); silence: stt, the codec's codes [K] of silence (required)."""
     if task == "stt":
-        audio = codes[0]
+        if silence is None:
+            raise ValueError("stt sequences end with the codec's silence codes: pass silence")
+        tail = silence[:, None].expand(-1, delay_steps + STT_TAIL_STEPS)
+        audio = torch.cat([codes[0], tail.to(codes[0].dtype)], dim=1)
         text = text_stream(tokenizer, words[0], audio.shape[-1], delay_steps=delay_steps)
         return torch.cat([text[None], audio])
     if task == "tts":

@@ -37,6 +37,30 @@ def test_stt_text_is_delayed_behind_the_words():
     assert set(row[[0, 1, 2, 6, 7, 12]].tolist()) == {streams.PAD}
 
 
+def test_stt_sequence_ends_with_silence_long_enough_for_the_last_words_delayed_text():
+    audio = torch.arange(2 * 10).view(2, 10)  # 10 steps; the last word starts at step 8
+    silence = torch.tensor([7, 9])
+    words = [("ab", 0.0, 0.2), ("cd", 0.65, 0.8)]
+    seq = streams.build("stt", LetterTokenizer(), [audio], [words], delay_steps=3, silence=silence)
+    assert seq.shape == (3, 10 + 3 + streams.STT_TAIL_STEPS)
+    assert torch.equal(seq[1:, :10], audio) and (seq[1:, 10:] == silence[:, None]).all()
+    # "cd" at floor(0.65 * 12.5) + 3 = 11, after the audio: in the tail, not dropped
+    assert seq[0, 11] == streams.WORD and seq[0, 12:14].tolist() == LetterTokenizer().encode("cd")
+    with pytest.raises(ValueError, match="silence"):
+        streams.build("stt", LetterTokenizer(), [audio], [words], delay_steps=3)
+
+
+def test_silence_codes_are_what_the_codec_makes_of_silence(codec_dir):
+    from antiphon.codec import Codec
+    from antiphon.train.lm_train import silence_codes
+
+    codec = Codec.from_pretrained(codec_dir, num_codebooks=2)
+    codes = silence_codes(codec)
+    assert codes.shape == (2,) and codes.dtype == torch.long
+    settled = codec.encode(torch.zeros(1, 1, 3 * codec.sample_rate))[0, :, -1]
+    assert torch.equal(codes, settled.long())
+
+
 def test_a_word_whose_step_is_taken_starts_at_the_first_free_one():
     words = [("abc", 0.0, 0.1), ("d", 0.08, 0.2)]  # "d" would start at step 1, inside "abc"
     row = streams.text_stream(LetterTokenizer(), words, 12)
