@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "embedded:stt"
 SAMPLE_RATE = 24000
-FLUSH_FRAMES = 2  # extra silent frames after the text delay, so the last word's pieces all come out
+FLUSH_FRAMES = 8  # extra silent frames after the text delay: room for the last word's pieces (as train/streams.py ends stt sequences)
 
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
