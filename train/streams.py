@@ -5,8 +5,8 @@ time alignment ([1 + n_q, T]: the text row, then audio rows; the LM applies its 
   audio rows = the speech's codes (input), then `text_delay + STT_TAIL_STEPS` steps of the codec's
   silence codes, as the transcriber feeds after the audio, so that the last word's delayed text fits.
 - tts: text = the words at their audio start (the padding machine's rules: `initial_padding` first,
-  `padding_between + len(tokens) - 1` forced pads after a word's tokens); audio rows = the speech's
-  codes (output) `audio_delay` steps behind, the zero token (-1) before.
+  `padding_between + len(tokens) - 1` forced steps after a WORD marker, its tokens' steps among them);
+  audio rows = the speech's codes (output) `audio_delay` steps behind, the zero token (-1) before.
 - translation, dialogue: text = channel 0's words (target, model); audio rows = channel 0's codes
   (output) then channel 1's (input: source, user). Translation also marks the ends as Hibiki's
   front-end reads them: the source's end-of-input frame (every code = card) `END_LAG_S` after its last
@@ -31,7 +31,10 @@ TASKS = ("stt", "tts", "translation", "dialogue")
 
 def text_stream(tokenizer, words, steps: int, delay_steps: int = 0, first_step: int = 0,
                 padding_between: int | None = None) -> torch.Tensor:
-    """words [(word, start_s, stop_s)] -> long [steps]. `padding_between` (TTS): forced pads after a word."""
+    """words [(word, start_s, stop_s)] -> long [steps]. `padding_between` (TTS): the padding machine's
+    forced steps after a WORD marker (lm/tts.py), `padding_between + len(tokens) - 1`, which count from
+    the step after the marker, the word's own tokens included: so the next word may start `max(len(tokens),
+    forced)` steps after the marker's next step, as at inference."""
     row = torch.full((steps,), PAD, dtype=torch.long)
     free = first_step
     for word, start, _ in words:
@@ -41,9 +44,8 @@ def text_stream(tokenizer, words, steps: int, delay_steps: int = 0, first_step: 
             break
         row[at] = WORD
         row[at + 1: at + 1 + len(tokens)] = torch.tensor(tokens)
-        free = at + 1 + len(tokens)
-        if padding_between is not None:
-            free += max(0, padding_between + len(tokens) - 1)
+        forced = 0 if padding_between is None else padding_between + len(tokens) - 1
+        free = at + 1 + max(len(tokens), forced)
     return row
 
 

@@ -73,9 +73,28 @@ def test_tts_layout_follows_the_padding_machine_and_delays_the_audio():
     seq = streams.build("tts", LetterTokenizer(), [audio], [words], delay_steps=3)
     assert seq.shape == (3, 9)
     text = seq[0]
-    # initial padding 2; after "ab" (2 pieces): padding_between + 2 - 1 = 2 forced pads
-    assert text[2] == streams.WORD and text[7] == streams.WORD
+    # initial padding 2; "ab" at 2, its pieces at 3 and 4; its padding_between + 2 - 1 = 2 forced
+    # steps count from step 3, its pieces among them: "c" (due at step 1) starts at 5
+    assert text[2] == streams.WORD and text[5] == streams.WORD
     assert (seq[1:, :3] == -1).all() and torch.equal(seq[1:, 3:], audio)
+
+
+@pytest.mark.parametrize("starts", [(0.0, 0.1, 0.5, 0.9, 0.95), (0.0,) * 5], ids=["timed", "all-due-at-once"])
+def test_tts_text_stream_is_what_the_padding_machine_feeds(starts):
+    """Replayed through the inference padding machine, asking for a word where the row has one (or, when
+    all are due at once, at every step: the earliest the machine allows), the machine feeds the row."""
+    from antiphon.lm.tts import PaddingMachine, text_to_entries
+
+    tok = LetterTokenizer()
+    words = [(w, t, t + 0.1) for w, t in zip(("ab", "cde", "f", "gh", "i"), starts)]
+    row = streams.text_stream(tok, words, 40, first_step=2, padding_between=1)
+    machine = PaddingMachine(text_card=64, initial_padding=2, max_padding=8)
+    machine.push(text_to_entries(tok, " ".join(w for w, _, _ in words), padding_between=1))
+    machine.end()
+    asks = [streams.WORD if token == streams.WORD or starts[-1] == 0.0 else streams.PAD for token in row.tolist()]
+    fed = [machine.advance(step, sampled) for step, sampled in enumerate(asks)]
+    assert fed == row.tolist()
+    assert [w.text for w in machine.said] == [w for w, _, _ in words]
 
 
 def test_two_channel_layout_puts_the_output_speaker_first():
