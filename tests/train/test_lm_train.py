@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -95,6 +96,16 @@ def test_tts_text_stream_is_what_the_padding_machine_feeds(starts):
     fed = [machine.advance(step, sampled) for step, sampled in enumerate(asks)]
     assert fed == row.tolist()
     assert [w.text for w in machine.said] == [w for w, _, _ in words]
+
+
+def test_tts_text_keeps_up_with_speech_of_four_words_a_second():
+    # 20 two-letter words, one every 0.25 s (3.125 steps): each takes 1 + 2 steps (marker, pieces; the
+    # forced padding_between + 2 - 1 = 2 steps count those pieces), so no word's text falls behind its audio
+    words = [("ab", 0.25 * i, 0.25 * i + 0.2) for i in range(20)]
+    row = streams.text_stream(LetterTokenizer(), words, 80, padding_between=1)
+    markers = (row == streams.WORD).nonzero().flatten().tolist()
+    due = [math.floor(start * streams.FRAME_RATE) for _, start, _ in words]
+    assert len(markers) == 20 and max(m - d for m, d in zip(markers, due)) <= 1
 
 
 def test_two_channel_layout_puts_the_output_speaker_first():
