@@ -92,6 +92,23 @@ def test_export_loads_and_is_evaluated(tmp_path, speech_dir):
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["steps"] == 4
 
 
+def test_evaluation_hears_the_resynthesis_with_pocketsphinx(tmp_path, speech_dir, monkeypatch):
+    from antiphon.train.codec_train import evaluate_codec
+    from antiphon.train.shards import iter_examples
+
+    train_codec([speech_dir], tmp_path / "run", RECIPE, progress=False)
+    codec = Codec.from_pretrained(tmp_path / "run" / "model", num_codebooks=TINY.n_q)
+    english = sum(e.channels[0].language == "en" for e, _ in zip(iter_examples(speech_dir), range(4)))
+    assert english > 0
+    tiny = evaluate_codec(codec, [speech_dir], 4, progress=False)[speech_dir]
+    assert tiny["english_examples"] == english and 0 <= tiny["wer_pocketsphinx_input"] < tiny["wer_pocketsphinx"]
+    monkeypatch.setattr(codec, "encode", lambda wav: wav)  # a perfect codec: the resynthesis is the input
+    monkeypatch.setattr(codec, "decode", lambda codes: codes)
+    perfect = evaluate_codec(codec, [speech_dir], 4, progress=False)[speech_dir]
+    assert perfect["wer_pocketsphinx"] == perfect["wer_pocketsphinx_input"] == tiny["wer_pocketsphinx_input"]
+    assert perfect["stoi"] > 0.99
+
+
 def test_another_recipe_in_the_same_directory_is_refused(tmp_path, speech_dir):
     train_codec([speech_dir], tmp_path, CodecRecipe(**{**RECIPE.__dict__, "steps": 1}), progress=False)
     with pytest.raises(InputError, match="another recipe.*lr"):
