@@ -2,7 +2,10 @@
 # The whole recipe of the embedded models (MODELS.md): data, codec, stt, tts, embed. Every step is
 # resumable: run the script again after a stop and it goes on where it was (a dataset without its
 # manifest is an interrupted generation: it is made again; a training run resumes from its state.pt).
-# Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, STT_STEPS, TTS_STEPS, JOBS override.
+# The language models train in two stages, as the embedded ones were: a first run, then a fine-tuning
+# run (--init) on its data plus a second dataset with word lists (docs/DATA.md).
+# Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, STT_STEPS, STT2_STEPS, TTS_STEPS,
+# TTS2_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
@@ -11,6 +14,8 @@ JOBS=${JOBS:-2}
 CODEC_STEPS=${CODEC_STEPS:-24000}
 STT_STEPS=${STT_STEPS:-12000}
 TTS_STEPS=${TTS_STEPS:-8000}
+STT2_STEPS=${STT2_STEPS:-8000}
+TTS2_STEPS=${TTS2_STEPS:-5000}
 
 dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
   local out="$DATA/$1"; shift
@@ -25,15 +30,22 @@ dataset tts-eval --kind tts --count 150 --split eval --seed 0
 dataset asr-eval --kind asr --count 150 --split eval --seed 0
 dataset asr2 --kind asr --count 16000 --seed 20
 dataset tts-slt2 --kind tts --backends flite/slt --count 3000 --seed 21
+dataset asr3 --kind asr --count 16000 --seed 30 --word-lists 0.5
+dataset tts-slt3 --kind tts --backends flite/slt --count 24000 --seed 31 --word-lists 0.25
 dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --seed 1
 
 "$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" --out "$RUNS/codec" --steps "$CODEC_STEPS" \
     --eval "$DATA/tts-eval" "$DATA/asr-eval" --eval-count 40
 "$ANTIPHON" train lm --task stt "$DATA/asr2" --codec "$RUNS/codec/model" --out "$RUNS/stt" \
     --steps "$STT_STEPS" --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" --eval-count 60
+"$ANTIPHON" train lm --task stt "$DATA/asr2" "$DATA/asr3" --init "$RUNS/stt/model" --out "$RUNS/stt2" \
+    --steps "$STT2_STEPS" --lr 1e-3 --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" \
+    --eval-count 60
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
-    --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt/model"
+    --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
+"$ANTIPHON" train lm --task tts "$DATA/tts-slt2" "$DATA/tts-slt3" --init "$RUNS/tts/model" --out "$RUNS/tts2" \
+    --steps "$TTS2_STEPS" --batch 8 --lr 1e-3 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
 
 "$ANTIPHON" train embed codec "$RUNS/codec/model"
-"$ANTIPHON" train embed stt "$RUNS/stt/model"
-"$ANTIPHON" train embed tts "$RUNS/tts/model"
+"$ANTIPHON" train embed stt "$RUNS/stt2/model"
+"$ANTIPHON" train embed tts "$RUNS/tts2/model"
