@@ -49,6 +49,11 @@ def normalize(text: str) -> str:
     return text.replace("\u2019", "'").replace(":", " ").replace("(", "").replace(")", "")
 
 
+def word_padding(padding_between: int, tokens: int) -> int:
+    """The steps forced after a word's WORD marker, its `tokens` pieces' steps among them."""
+    return max(0, padding_between + tokens - 1) if padding_between > 0 else 0
+
+
 def text_to_entries(tokenizer, text: str, padding_between: int = 1, first_token: int | None = None) -> list[Entry]:
     """Whole words (split on whitespace) and `<break time="0.5s"/>` pauses -> entries. `first_token`
     (MAIN, OTHER or None) goes before the first word's tokens."""
@@ -60,7 +65,7 @@ def text_to_entries(tokenizer, text: str, padding_between: int = 1, first_token:
         if first_token is not None:
             tokens.insert(0, first_token)
             first_token = None
-        padding = max(0, padding_between + len(tokens) - 1) if padding_between > 0 else 0
+        padding = word_padding(padding_between, len(tokens))
         entries.append(Entry(tuple(tokens), w, padding))
 
     start = 0

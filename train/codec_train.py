@@ -227,8 +227,7 @@ def evaluate_codec(codec: Codec, eval_dirs: list[str], count: int, progress: boo
     examples (the first channel: the clean one of two-channel kinds); and, for the English ones, the word
     error rate of an independent recognizer (pocketsphinx) on the resynthesis and on the input. STOI
     looks at bands up to 4 kHz and at envelopes: a codec can score 0.8 and still lose what a recognizer
-    needs (the step-24000 codec: STOI 0.84 on flite slt sentences that pocketsphinx reads at 20% word
-    error from the input and at 95% from the resynthesis)."""
+    needs (MODELS.md, "The codec caps the TTS measure")."""
     from pystoi import stoi
 
     from antiphon.train.evaluate import pocketsphinx_transcribe, word_error_rate

@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from antiphon.lm.tts import word_padding
+
 FRAME_RATE = 12.5
 WORD, PAD, EOS = 0, 3, 2
 END_LAG_S = 0.24
@@ -44,7 +46,7 @@ def text_stream(tokenizer, words, steps: int, delay_steps: int = 0, first_step: 
             break
         row[at] = WORD
         row[at + 1: at + 1 + len(tokens)] = torch.tensor(tokens)
-        forced = 0 if padding_between is None else padding_between + len(tokens) - 1
+        forced = 0 if padding_between is None else word_padding(padding_between, len(tokens))
         free = at + 1 + max(len(tokens), forced)
     return row
 
