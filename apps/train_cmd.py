@@ -37,12 +37,16 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                     "it from --disc-start, and its hinge adversarial and feature-matching losses join the "
                     "codec's; a run trained without one takes one on when run again with these options and "
                     "a higher --steps (fine-tuning; a fresh discriminator starts at the saved step). "
+                    "--init starts from a trained codec; with --trainable decoder only its decoding half "
+                    "learns, so its codes, and the language models trained on them, stay valid. "
                     "At the end, the codec is exported to OUT/model and evaluated (STOI, SNR at all its "
                     "codebooks) on the --eval datasets.",
         epilog="examples:\n"
                "  antiphon train codec data/tts data/asr --out runs/codec --steps 6000 --eval data/tts-eval\n"
                "  antiphon train codec data/tts data/asr --out runs/codec --steps 8000 --adversarial 0.1 --feature 1 \\\n"
-               "      --eval data/tts-eval    # fine-tunes the run above with a discriminator")
+               "      --eval data/tts-eval    # fine-tunes the run above with a discriminator\n"
+               "  antiphon train codec data/tts-slt --out runs/codec-dec --init embedded:codec --trainable decoder \\\n"
+               "      --steps 4000 --lr 5e-4    # a better decoder for the embedded models' codes")
     codec.add_argument("data", nargs="+", metavar="DATA", help="dataset directories (antiphon data generate)")
     codec.add_argument("--out", required=True, metavar="DIR", help="run directory (created; resumed when it holds a run)")
     _recipe_arguments(codec, _codec_recipe())

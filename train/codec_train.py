@@ -14,10 +14,17 @@ the feature-matching loss against the updated discriminator. The discriminator a
 saved and resumed with the run. A run recorded without a discriminator (weights 0, or a run older than
 these fields) may be resumed with one, the main use: fine-tuning a trained codec with these losses
 (give a higher --steps); a fresh discriminator, seeded from `seed`, then starts at the saved step.
+
+With `init`, a run starts from a trained codec's weights (its config replaces `size`); the EMA
+statistics start from its codebooks (`EmaSplitVQ.adopt`), which are not re-seeded. With `trainable =
+"decoder"` only the decoding half learns (upsample, decoder transformer, SEANet decoder): the encoder
+and the codebooks stay frozen, so every input gets the codes it got before, and the language models
+trained on those codes stay valid: a better decoder reaches them without retraining.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -47,6 +54,7 @@ TINY = CodecConfig(dimension=32, n_filters=4, num_heads=2, num_layers=1, dim_fee
                    codebook_dim=16, codebook_size=64, n_q=4)
 SIZES = {"small": SMALL, "tiny": TINY}
 DISCRIMINATOR_FIELDS = ("adversarial", "feature", "disc_start", "disc_lr", "disc_channels")
+TRAINABLE = ("all", "decoder")
 
 
 @dataclasses.dataclass
@@ -67,15 +75,34 @@ class CodecRecipe:
         "help": "step from which the discriminator trains and its losses apply"})
     disc_lr: float = dataclasses.field(default=3e-4, metadata={"help": "the discriminator's learning rate"})
     disc_channels: int = dataclasses.field(default=32, metadata={"help": "the discriminator's conv width"})
+    init: str = dataclasses.field(default="", metadata={
+        "help": "start from this trained codec (directory or repo id) instead of new weights; its config "
+                "replaces --size"})
+    trainable: str = dataclasses.field(default="all", metadata={
+        "help": "which weights learn: all, or decoder (with --init: the encoder and codebooks stay frozen, "
+                "so the codes, and the language models trained on them, stay valid)"})
 
     @property
     def has_discriminator(self) -> bool:
         return self.adversarial > 0 or self.feature > 0
 
-    def config(self) -> CodecConfig:
-        if self.size not in SIZES:
+    def new_codec(self) -> Codec:
+        """The codec at step 0, float32, training mode, with only the `trainable` weights learning."""
+        if self.trainable not in TRAINABLE:
+            raise InputError(f"unknown --trainable {self.trainable!r}: choose from {', '.join(TRAINABLE)}")
+        if self.trainable == "decoder" and not self.init:
+            raise InputError("--trainable decoder fine-tunes a trained codec's decoder: give --init MODEL")
+        if self.init:
+            codec = Codec.from_pretrained(self.init, num_codebooks=1, dtype=torch.float32)  # all: below
+        elif self.size in SIZES:
+            codec = Codec(SIZES[self.size], num_codebooks=1)
+        else:
             raise InputError(f"unknown codec size {self.size!r}: choose from {', '.join(SIZES)}")
-        return SIZES[self.size]
+        codec.num_codebooks = codec.config.n_q
+        if self.trainable == "decoder":
+            for frozen in (codec.encoder, codec.encoder_transformer, codec.downsample, codec.quantizer):
+                frozen.requires_grad_(False)
+        return codec.train()
 
 
 class AudioPool:
@@ -110,11 +137,15 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
     """Train (or resume) into `out` on `device`; returns the evaluation (empty without eval_dirs)."""
     run = RunDir(out)
     resuming = start(run, recipe)
-    config = recipe.config()
     torch.manual_seed(recipe.seed)
-    codec = Codec(config, num_codebooks=config.n_q).to(device).train()
+    codec = recipe.new_codec().to(device)
+    config = codec.config
     quantizer = EmaSplitVQ(codec.quantizer)
-    optimizer = torch.optim.AdamW(codec.parameters(), lr=recipe.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    if recipe.init:
+        quantizer.adopt()
+    frozen = recipe.trainable == "decoder"
+    learning = [p for p in codec.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(learning, lr=recipe.lr, betas=(0.8, 0.99), weight_decay=0.0)
     adversary = {}
     if recipe.has_discriminator:
         torch.manual_seed(recipe.seed)
@@ -126,20 +157,22 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
                         {"quantizer": quantizer} | adversary)
     step = resume(run, training, optional=adversary) if resuming else 0
     pool = AudioPool(list(data_dirs))
-    logger.info("codec training on %.2f h of audio from %s", pool.seconds / 3600, ", ".join(data_dirs))
+    logger.info("codec training (%s weights%s) on %.2f h of audio from %s", recipe.trainable,
+                f" from {recipe.init}" if recipe.init else "", pool.seconds / 3600, ", ".join(data_dirs))
     mel_loss = MultiScaleMelLoss(config.sample_rate)
     length = recipe.segment_frames * config.frame_size
 
     def save() -> None:
         run.save_step(step, training)
-        run.plot(f"codec ({recipe.size}) training")
+        run.plot(f"codec ({recipe.init or recipe.size}, {recipe.trainable} weights) training")
 
     with tqdm(total=recipe.steps, initial=step, desc="train codec", unit="step", disable=not progress) as bar:
         while step < recipe.steps:
             torch.manual_seed(recipe.seed * 1_000_003 + step)
             wav = pool.batch(np.random.default_rng([recipe.seed, step]), recipe.batch, length).to(device)
-            latent = codec.encode_to_latent(wav)
-            quantized, commitment = quantizer(latent, config.n_q, update=True)
+            with torch.no_grad() if frozen else contextlib.nullcontext():
+                latent = codec.encode_to_latent(wav)
+                quantized, commitment = quantizer(latent, config.n_q, update=not frozen)
             decoded = codec.decode_latent(quantized)
             reconstruction = mel_loss(decoded, wav)
             loss = reconstruction + recipe.commitment * commitment
@@ -150,7 +183,7 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
                 loss = loss + recipe.adversarial * parts["adv"] + recipe.feature * parts["fm"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(learning, 1.0)
             optimizer.step()
             training.schedule.step()
             step += 1

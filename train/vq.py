@@ -57,6 +57,13 @@ class EmaResidualVQ:
         quantized = projected + (total - projected).detach()
         return self.rvq.output_proj(quantized.to(self.rvq.output_proj.weight.dtype)), commitment / max(n, 1)
 
+    def adopt(self) -> None:
+        """Start the statistics from the codebooks as they are (a trained codec's): each centroid
+        counted once, none re-seeded from the first batch."""
+        self.sums = self.rvq.codebooks.detach().float().clone()
+        self.usage = torch.ones_like(self.usage)
+        self.initialized = torch.ones_like(self.initialized)
+
     @torch.no_grad()
     def _seed(self, i: int, flat: torch.Tensor) -> None:
         """Start codebook i from random vectors of the first batch."""
@@ -95,6 +102,10 @@ class EmaSplitVQ:
     def load_state_dict(self, state: dict) -> None:
         self.halves[0].load_state_dict(state["first"])
         self.halves[1].load_state_dict(state["rest"])
+
+    def adopt(self) -> None:
+        for half in self.halves:
+            half.adopt()
 
     def __call__(self, latent: torch.Tensor, n_q: int, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """latent [B, D, F] -> (quantized [B, D, F], commitment loss), with the first `n_q` codebooks."""

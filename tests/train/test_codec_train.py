@@ -163,3 +163,67 @@ def test_a_run_without_a_discriminator_goes_on_with_one(tmp_path, speech_dir, re
     train_codec([speech_dir], other, CodecRecipe(**{**RECIPE.__dict__, "steps": 1}), progress=False)
     with pytest.raises(InputError, match="another recipe.*lr"):
         train_codec([speech_dir], other, CodecRecipe(**{**ADVERSARIAL.__dict__, "lr": 0.5}), progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained_codec(tmp_path_factory, speech_dir):
+    run = tmp_path_factory.mktemp("codec-run")
+    train_codec([speech_dir], run, RECIPE, progress=False)
+    return str(run / "model")
+
+
+def _codes_and_audio(model: str, speech_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from antiphon.train.shards import iter_examples
+
+    codec = Codec.from_pretrained(model, num_codebooks=TINY.n_q)
+    wav = torch.from_numpy(next(iter(iter_examples(speech_dir))).pcm[:1])[None]
+    codes = codec.encode(wav)
+    return codes, codec.decode(codes)
+
+
+def test_decoder_fine_tuning_keeps_every_code(tmp_path, speech_dir, trained_codec):
+    recipe = CodecRecipe(**{**RECIPE.__dict__, "steps": 3, "lr": 1e-2, "init": trained_codec, "trainable": "decoder"})
+    train_codec([speech_dir], tmp_path, recipe, progress=False)
+    before = Codec.from_pretrained(trained_codec, num_codebooks=TINY.n_q).state_dict()
+    after = Codec.from_pretrained(tmp_path / "model", num_codebooks=TINY.n_q).state_dict()
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"upsample", "decoder_transformer", "decoder"}
+    codes, audio = _codes_and_audio(trained_codec, speech_dir)
+    new_codes, new_audio = _codes_and_audio(str(tmp_path / "model"), speech_dir)
+    assert torch.equal(codes, new_codes)  # a language model trained on these codes still reads them
+    assert not torch.equal(audio, new_audio)
+
+
+def test_a_run_from_a_trained_codec_keeps_its_codebooks(tmp_path, speech_dir, trained_codec, monkeypatch):
+    def no_reseeding(*args):
+        raise AssertionError("a trained codebook was re-seeded from a batch")
+
+    monkeypatch.setattr(EmaResidualVQ, "_seed", no_reseeding)
+    recipe = CodecRecipe(**{**RECIPE.__dict__, "steps": 2, "size": "unused with init", "init": trained_codec})
+    train_codec([speech_dir], tmp_path, recipe, progress=False)
+    before = Codec.from_pretrained(trained_codec, num_codebooks=TINY.n_q)
+    after = Codec.from_pretrained(tmp_path / "model", num_codebooks=TINY.n_q)
+    assert after.config == before.config
+    assert not torch.equal(before.encoder.state_dict()["model.0.conv.weight"], after.encoder.state_dict()["model.0.conv.weight"])
+    # the EMA moved the centroids towards two batches, it did not replace them
+    drift = (after.quantizer.rvq_first.codebooks - before.quantizer.rvq_first.codebooks).norm(dim=-1)
+    assert drift.median() < 0.5 * before.quantizer.rvq_first.codebooks.norm(dim=-1).median()
+
+
+def test_adopted_statistics_reproduce_the_codebooks():
+    torch.manual_seed(0)
+    rvq = ResidualVQ(dim=8, codebook_dim=4, codebook_size=16, n_q=2)
+    with torch.no_grad():
+        rvq.codebooks.normal_()
+    ema = EmaResidualVQ(rvq)
+    ema.adopt()
+    assert ema.initialized.all()
+    torch.testing.assert_close(ema.sums / ema.usage[..., None], rvq.codebooks, rtol=0, atol=0)
+
+
+def test_decoder_training_needs_a_trained_codec_and_trainable_is_checked(tmp_path, speech_dir, trained_codec):
+    with pytest.raises(InputError, match="give --init"):
+        train_codec([speech_dir], tmp_path / "a", CodecRecipe(**{**RECIPE.__dict__, "trainable": "decoder"}), progress=False)
+    with pytest.raises(InputError, match="unknown --trainable 'encoder'"):
+        train_codec([speech_dir], tmp_path / "b", CodecRecipe(**{**RECIPE.__dict__, "init": trained_codec,
+                                                                "trainable": "encoder"}), progress=False)
