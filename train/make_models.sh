@@ -3,15 +3,18 @@
 # resumable: run the script again after a stop and it goes on where it was (a dataset without its
 # manifest is an interrupted generation: it is made again; a training run resumes from its state.pt).
 # The language models train in two stages, as the embedded ones were: a first run, then a fine-tuning
-# run (--init) on its data plus a second dataset with word lists (docs/DATA.md).
-# Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, STT_STEPS, STT2_STEPS, TTS_STEPS,
-# TTS2_STEPS, JOBS override.
+# run (--init) on its data plus a second dataset with word lists (docs/DATA.md). The codec's decoder
+# is then fine-tuned on more audio with its encoder and codebooks frozen: the codes the language
+# models read and write are unchanged, their speech gets the better decoder.
+# Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, DECODER_STEPS, STT_STEPS, STT2_STEPS,
+# TTS_STEPS, TTS2_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
 ANTIPHON=${ANTIPHON:-antiphon}
 JOBS=${JOBS:-2}
 CODEC_STEPS=${CODEC_STEPS:-24000}
+DECODER_STEPS=${DECODER_STEPS:-12000}
 STT_STEPS=${STT_STEPS:-12000}
 TTS_STEPS=${TTS_STEPS:-8000}
 STT2_STEPS=${STT2_STEPS:-8000}
@@ -36,6 +39,9 @@ dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --
 
 "$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" --out "$RUNS/codec" --steps "$CODEC_STEPS" \
     --eval "$DATA/tts-eval" "$DATA/asr-eval" --eval-count 40
+"$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" "$DATA/asr2" "$DATA/tts-slt2" --out "$RUNS/codec-dec" \
+    --init "$RUNS/codec/model" --trainable decoder --steps "$DECODER_STEPS" --lr 5e-4 \
+    --eval "$DATA/tts-eval" "$DATA/asr-eval" "$DATA/tts-slt-eval" --eval-count 40
 "$ANTIPHON" train lm --task stt "$DATA/asr2" --codec "$RUNS/codec/model" --out "$RUNS/stt" \
     --steps "$STT_STEPS" --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" --eval-count 60
 "$ANTIPHON" train lm --task stt "$DATA/asr2" "$DATA/asr3" --init "$RUNS/stt/model" --out "$RUNS/stt2" \
@@ -46,6 +52,6 @@ dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" "$DATA/tts-slt3" --init "$RUNS/tts/model" --out "$RUNS/tts2" \
     --steps "$TTS2_STEPS" --batch 8 --lr 1e-3 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
 
-"$ANTIPHON" train embed codec "$RUNS/codec/model"
+"$ANTIPHON" train embed codec "$RUNS/codec-dec/model"
 "$ANTIPHON" train embed stt "$RUNS/stt2/model"
 "$ANTIPHON" train embed tts "$RUNS/tts2/model"
