@@ -93,7 +93,7 @@ class CodecRecipe:
         if self.trainable == "decoder" and not self.init:
             raise InputError("--trainable decoder fine-tunes a trained codec's decoder: give --init MODEL")
         if self.init:
-            codec = Codec.from_pretrained(self.init, num_codebooks=1, dtype=torch.float32)  # all: below
+            codec = Codec.from_pretrained(self.init, num_codebooks=1, dtype=torch.float32)  # set to all below
         elif self.size in SIZES:
             codec = Codec(SIZES[self.size], num_codebooks=1)
         else:
