@@ -47,6 +47,10 @@ class LMRecipe:
     init: str = ""  # fine-tune this model (repo id or directory) instead of a new one
     lora_rank: int = 0  # > 0: train low-rank adapters only (with --init)
     text_dropout: float = 0.0  # share of input text tokens the model reads as the zero token (targets kept)
+    from_stt: str = dataclasses.field(default="", metadata={"help": (
+        "translation and dialogue: start a new model from this trained STT model (its codec, tokenizer, "
+        "temporal transformer and text head; its audio embeddings read the source or user stream), so the "
+        "model starts out recognizing speech")})
     seed: int = 0
 
 
@@ -65,7 +69,9 @@ def model_config(recipe: LMRecipe, text_card: int, card: int) -> LMConfig:
                     stt_config={"audio_delay_seconds": TEXT_DELAY_S}),
         "tts": dict(n_q=k, dep_q=k, delays=(0, *acoustic), model_type="tts",
                     tts_config={"audio_delay": AUDIO_DELAY_S, "second_stream_ahead": 0}),
-        "translation": dict(n_q=2 * k, dep_q=k, delays=(0, *acoustic, *acoustic), model_type="hibiki"),
+        # text greedy, as the STT front-end reads it: the translation's words are what it is measured on
+        "translation": dict(n_q=2 * k, dep_q=k, delays=(0, *acoustic, *acoustic), model_type="hibiki",
+                            lm_gen_config={"temp_text": 0.0}),
         "dialogue": dict(n_q=2 * k, dep_q=k, delays=(0, *acoustic, *acoustic), model_type="moshi"),
     }[recipe.task]
     return LMConfig(**sizes[recipe.size], **task, context=250, text_card=text_card, card=card,
@@ -142,6 +148,8 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
 
     if recipe.task not in streams.TASKS:
         raise InputError(f"unknown task {recipe.task!r}: choose from {', '.join(streams.TASKS)}")
+    if recipe.init and recipe.from_stt:
+        raise InputError("give --init (fine-tune a model) or --from-stt (start a new one), not both")
     if recipe.lora_rank and not recipe.init:
         raise InputError("--lora-rank adapts a published model: give --init MODEL")
     if not 0 <= recipe.text_dropout < 1:
@@ -151,6 +159,8 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
                          defaults=dataclasses.asdict(LMRecipe()))
     if recipe.init:
         model, codec, tokenizer_path = _published(recipe)
+    elif recipe.from_stt:
+        model, codec, tokenizer_path = _from_stt(recipe, run)
     else:
         codec = Codec.from_pretrained(codec_source, num_codebooks=recipe.codebooks)
         tokenizer_path = _tokenizer(run, tokenizer)
@@ -240,6 +250,45 @@ def _published(recipe: LMRecipe):
     if recipe.lora_rank:
         lora.add_lora(model, recipe.lora_rank)
     return model, codec, tokenizer_path
+
+
+def _from_stt(recipe: LMRecipe, run: RunDir):
+    """A new translation or dialogue model whose listening half is a trained STT model: the temporal
+    transformer, text embedding, text head and norm are copied, and the STT's audio embeddings become
+    those of the second (source / user) stream; the model's own audio embeddings and depth transformer
+    start new. The STT's codec and tokenizer are the new model's."""
+    if recipe.task not in ("translation", "dialogue"):
+        raise InputError(f"--from-stt starts a translation or dialogue model, not a {recipe.task} one")
+    stt = LM.from_pretrained(recipe.from_stt, device="cpu", dtype=torch.float32)
+    if stt.config.model_type != "stt":
+        raise InputError(f"{recipe.from_stt} is not an STT model (model_type {stt.config.model_type!r})")
+    if stt.config.n_q != recipe.codebooks:
+        raise InputError(f"{recipe.from_stt} reads {stt.config.n_q} codebooks; give --codebooks {stt.config.n_q}")
+    codec = stt.codec
+    codec.num_codebooks = stt.config.n_q
+    tokenizer_path = _tokenizer(run, str(stt.source.fetch(stt.config.tokenizer_name)))
+    model = _new_model(recipe, tokenizer_path, codec)
+    copy_listener(stt, model)
+    return model, codec, tokenizer_path
+
+
+def copy_listener(stt: LM, model: LM) -> None:
+    """Copy `stt`'s weights into `model` (module names and shapes must agree): emb.{i} -> emb.{dep_q + i},
+    every transformer, text and norm weight as is."""
+    ours = model.state_dict()
+    offset = model.config.dep_q
+    copied = {}
+    for name, value in stt.state_dict().items():
+        if name.startswith("extra_heads."):
+            continue  # the STT's VAD heads have no counterpart
+        if name.startswith("emb."):
+            index, rest = name[len("emb."):].split(".", 1)
+            name = f"emb.{int(index) + offset}.{rest}"
+        if name not in ours or ours[name].shape != value.shape:
+            raise InputError(f"the STT model does not fit a {model.config.model_type} model of this size: {name} "
+                             f"{tuple(value.shape)} vs {tuple(ours[name].shape) if name in ours else 'absent'}")
+        copied[name] = value
+    model.load_state_dict(copied, strict=False)
 
 
 def _tokenizer(run: RunDir, given: str | None) -> Path:

@@ -264,6 +264,29 @@ def test_embedding_shares_one_codec_and_halves_the_weights(tmp_path, speech_dir,
     assert lm.codec.config == trained.codec.config  # ../codec, shared
 
 
+def test_an_int8_embedding_quarters_the_matrices_and_loads_as_the_trained_model(tmp_path, speech_dir, codec_dir):
+    from safetensors.torch import load_file
+
+    from antiphon.train.embed import embed_codec, embed_lm
+
+    train_lm([speech_dir], tmp_path / "run", dataclasses.replace(TINY, steps=1), codec_dir, progress=False)
+    models = tmp_path / "models"
+    embed_codec(codec_dir, models)
+    half = embed_lm(str(tmp_path / "run" / "model"), "stt", models).stat().st_size
+    weights = embed_lm(str(tmp_path / "run" / "model"), "stt", models, int8=True)
+    stored = load_file(str(weights))
+    assert {v.dtype for k, v in stored.items() if v.dim() == 2} == {torch.int8}
+    assert stored["text_emb.weight_scb"].shape == stored["text_emb.weight"].shape[:1]
+    assert weights.stat().st_size < 0.6 * half
+    lm, trained = LM.from_pretrained(models / "stt"), LM.from_pretrained(tmp_path / "run" / "model")
+    for name, value in trained.state_dict().items():  # each row within half a step of its int8 grid
+        if value.dim() == 2:
+            step = value.abs().amax(dim=1, keepdim=True) / 127
+            assert ((lm.state_dict()[name] - value).abs() <= 0.5 * step + 1e-3 * value.abs() + 1e-6).all(), name
+    codes = torch.randint(0, lm.config.card, (1, 1 + lm.config.n_q, 6))
+    torch.testing.assert_close(lm(codes).text_logits, trained(codes).text_logits, rtol=0.05, atol=0.05)
+
+
 def test_dialogue_and_translation_runs_are_evaluated_end_to_end(tmp_path, dialogue_dir, translation_dir, codec_dir):
     dialogue = train_lm([dialogue_dir], tmp_path / "d", dataclasses.replace(TINY, task="dialogue", steps=1), codec_dir,
                         eval_dirs=[dialogue_dir], eval_count=2, progress=False)[dialogue_dir]
@@ -273,3 +296,35 @@ def test_dialogue_and_translation_runs_are_evaluated_end_to_end(tmp_path, dialog
                            codec_dir, eval_dirs=[translation_dir], eval_count=2, progress=False)[translation_dir]
     assert translation["examples"] == 2 and 0 <= translation["exact_match"] <= 1 and translation["wer"] >= 0
     assert LM.from_pretrained(tmp_path / "t" / "model").config.model_type == "hibiki"
+
+
+def test_a_translation_model_from_an_stt_model_starts_with_its_listening_weights(tmp_path, speech_dir, translation_dir,
+                                                                                codec_dir):
+    train_lm([speech_dir], tmp_path / "stt", dataclasses.replace(TINY, steps=2), codec_dir, progress=False)
+    stt = LM.from_pretrained(tmp_path / "stt" / "model")
+    recipe = dataclasses.replace(TINY, task="translation", steps=0, from_stt=str(tmp_path / "stt" / "model"))
+    train_lm([translation_dir], tmp_path / "t", recipe, None, progress=False)
+    model = LM.from_pretrained(tmp_path / "t" / "model")
+    assert model.config.model_type == "hibiki" and model.config.text_card == stt.config.text_card
+    ours, theirs = model.state_dict(), stt.state_dict()
+    k = stt.config.n_q
+    for i in range(k):  # the STT's audio embeddings read the source stream, after the model's own k
+        torch.testing.assert_close(ours[f"emb.{k + i}.weight"], theirs[f"emb.{i}.weight"], rtol=0, atol=0)
+    rows = torch.arange(stt.config.text_card + 1) != 2  # a Hibiki model loads with EOS's row as PAD's
+    torch.testing.assert_close(ours["text_emb.weight"][rows], theirs["text_emb.weight"][rows], rtol=0, atol=0)
+    for name in theirs:
+        if name.startswith(("transformer.", "text_linear.", "out_norm.")):
+            torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=0, msg=name)
+    assert not torch.equal(ours["emb.0.weight"], theirs["emb.0.weight"])  # its own speech starts new
+
+
+def test_from_stt_errors_are_clear(tmp_path, speech_dir, translation_dir, codec_dir):
+    train_lm([translation_dir], tmp_path / "hibiki", dataclasses.replace(TINY, task="translation", steps=1), codec_dir,
+             progress=False)
+    not_stt = dataclasses.replace(TINY, task="translation", from_stt=str(tmp_path / "hibiki" / "model"))
+    with pytest.raises(InputError, match="not an STT model"):
+        train_lm([translation_dir], tmp_path / "a", not_stt, None, progress=False)
+    with pytest.raises(InputError, match="translation or dialogue"):
+        train_lm([speech_dir], tmp_path / "b", dataclasses.replace(TINY, from_stt="x"), None, progress=False)
+    with pytest.raises(InputError, match="not both"):
+        train_lm([speech_dir], tmp_path / "c", dataclasses.replace(TINY, from_stt="x", init="y"), None, progress=False)
