@@ -12,12 +12,12 @@ import logging
 import sys
 
 from antiphon import __version__
-from antiphon.apps import bench_cmd, codec_cmd, serve_cmd, speak_cmd, talk_cmd, transcribe_cmd
+from antiphon.apps import bench_cmd, codec_cmd, serve_cmd, speak_cmd, talk_cmd, transcribe_cmd, translate_cmd
 from antiphon.apps import data_cmd, train_cmd
 from antiphon.apps.help import Formatter
 from antiphon.errors import AntiphonError
 
-COMMANDS = (codec_cmd, bench_cmd, serve_cmd, talk_cmd, transcribe_cmd, speak_cmd, data_cmd, train_cmd)
+COMMANDS = (codec_cmd, bench_cmd, serve_cmd, talk_cmd, transcribe_cmd, speak_cmd, translate_cmd, data_cmd, train_cmd)
 
 DESCRIPTION = "antiphon: a full-duplex realtime speech model service (Mimi-compatible codec, multistream LM)."
 EPILOG = """\
@@ -31,6 +31,7 @@ examples:
   antiphon talk                                          # talk with it: microphone and speaker
   antiphon transcribe speech.wav --json                  # speech to text, words with times
   antiphon speak "Hello there." -o hello.wav             # text to speech
+  antiphon translate question.wav -o question-fr.wav     # speech translation, English <-> French
 
 Run `antiphon COMMAND --help` for the options of a command.
 Errors print `antiphon: error: ...` and exit with status 2; Ctrl-C exits with 130."""

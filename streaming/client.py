@@ -27,10 +27,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from antiphon.errors import AntiphonError
 
 from .errors import MAX_MESSAGE_BYTES
-from .moshi_protocol import Audio, Error, Handshake, Metadata, Text, build, parse_server_message
+from .moshi_protocol import Audio, Control, ControlAction, Error, Handshake, Metadata, Text, build, parse_server_message
 
 SAMPLE_RATE = 24000
 CHAT_PATH = "/api/chat"
+TRANSLATE_PATH = "/api/translate"
+FRAME_SECONDS = 0.08
 API_KEY_HEADER = "kyutai-api-key"
 
 
@@ -67,9 +69,9 @@ def server_url(url: str, default_path: str, query: dict | None = None, error: ty
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 
 
-def chat_url(url: str, **sampling_query) -> str:
-    """`ws://host:port` (path /api/chat added when none is given) plus the sampling query (str() of each value)."""
-    return server_url(url, CHAT_PATH, sampling_query, ChatClientError)
+def chat_url(url: str, path: str = CHAT_PATH, **sampling_query) -> str:
+    """`ws://host:port` (`path` added when none is given) plus the sampling query (str() of each value)."""
+    return server_url(url, path, sampling_query, ChatClientError)
 
 
 async def open_websocket(full_url: str, api_key: str | None, open_timeout: float,
@@ -119,11 +121,12 @@ class ChatClient:
         self._pending: list[Event] = []
 
     @classmethod
-    async def connect(cls, url: str, api_key: str | None = None, open_timeout: float = 10.0,
+    async def connect(cls, url: str, api_key: str | None = None, open_timeout: float = 10.0, path: str = CHAT_PATH,
                       **sampling_query) -> ChatClient:
-        """Open the WebSocket and wait for the Handshake. `sampling_query`: the /api/chat query keys
-        (text_temperature=0.7, text_topk=25, max_steps=100, ...). Raises ChatClientError."""
-        full = chat_url(url, **sampling_query)
+        """Open the WebSocket and wait for the Handshake. `path`: the route when `url` has none (/api/chat,
+        or /api/translate); `sampling_query`: the query keys (text_temperature=0.7, text_topk=25,
+        max_steps=100, ...). Raises ChatClientError."""
+        full = chat_url(url, path, **sampling_query)
         ws = await open_websocket(full, api_key, open_timeout, ChatClientError)
         client = cls(ws)
         try:
@@ -163,10 +166,18 @@ class ChatClient:
             raise ChatClientError(f"send_pcm takes mono PCM [T] at 24 kHz, got shape {list(pcm.shape)}")
         ogg = self._writer.append_pcm(np.ascontiguousarray(pcm))
         if ogg:
-            try:
-                await self.ws.send(build(Audio(ogg)))
-            except ConnectionClosed as e:
-                raise ChatClientError(f"the connection is closed: {e}") from None
+            await self._send(build(Audio(ogg)))
+
+    async def end_turn(self) -> None:
+        """Send Control endTurn: on /api/translate, the source has ended (the server closes the session
+        once the translation has)."""
+        await self._send(build(Control(ControlAction.END_TURN)))
+
+    async def _send(self, message: bytes) -> None:
+        try:
+            await self.ws.send(message)
+        except ConnectionClosed as e:
+            raise ChatClientError(f"the connection is closed: {e}") from None
 
     def __aiter__(self):
         return self
@@ -196,3 +207,39 @@ class ChatClient:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+async def translate_pcm(url: str, pcm: np.ndarray, api_key: str | None = None, timeout: float = 60.0,
+                        **sampling_query) -> tuple[np.ndarray, str]:
+    """float32 PCM [T] at 24 kHz -> (the translated speech, float32 [T'] at 24 kHz; its text) through a
+    server's /api/translate: the source in 80 ms chunks at the pace of real time (the server runs
+    translation in real time), then endTurn; the server closes once it has said the translation. Raises
+    ChatClientError, also when nothing ends within `timeout` s after the source."""
+    chunk = round(FRAME_SECONDS * SAMPLE_RATE)
+    async with await ChatClient.connect(url, api_key, path=TRANSLATE_PATH, **sampling_query) as client:
+        async def send() -> None:
+            for first in range(0, len(pcm), chunk):
+                await client.send_pcm(pcm[first:first + chunk])
+                await asyncio.sleep(FRAME_SECONDS)
+            await client.send_pcm(np.zeros(-len(pcm) % chunk + chunk, np.float32))  # flush Opus's last page
+            await client.end_turn()
+
+        async def receive() -> tuple[list[np.ndarray], list[str]]:
+            audio, text = [], []
+            async for event in client:
+                if isinstance(event, PcmChunk):
+                    audio.append(event.pcm)
+                else:
+                    text.append(event.text)
+            return audio, text
+
+        receiving = asyncio.ensure_future(receive())
+        try:
+            await send()
+            audio, text = await asyncio.wait_for(receiving, timeout)
+        except (TimeoutError, asyncio.TimeoutError):
+            raise ChatClientError(f"{redact(url)}: the translation did not end within {timeout} s of the end "
+                                  "of the source") from None
+        finally:
+            receiving.cancel()
+    return (np.concatenate(audio) if audio else np.zeros(0, np.float32)), "".join(text).strip()
