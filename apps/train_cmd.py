@@ -14,6 +14,8 @@ import json
 
 from antiphon.apps.devices import parse_device
 from antiphon.apps.help import Formatter
+from antiphon.embedded import NAMES
+from antiphon.errors import InputError
 
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
@@ -80,10 +82,13 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     embed = actions.add_parser(
         "embed", parents=common, formatter_class=Formatter, help="make a trained model an embedded default",
         description="Copy a trained model into the package (antiphon/models/NAME, float16) as the default of "
-                    "the commands; the language models share the embedded codec, so embed the codec first.",
-        epilog="example:\n  antiphon train embed codec runs/codec/model && antiphon train embed stt runs/stt/model")
-    embed.add_argument("name", choices=("codec", "stt", "tts"), help="which embedded model to replace")
+                    "the commands; the language models share the embedded codec, so embed the codec first. "
+                    "--int8 stores a language model's matrices in int8 with a scale per row (Kyutai's q8 "
+                    "format; half the size; they load as float).",
+        epilog="example:\n  antiphon train embed codec runs/codec/model && antiphon train embed stt runs/stt/model --int8")
+    embed.add_argument("name", choices=NAMES, help="which embedded model to replace")
     embed.add_argument("source", metavar="MODEL", help="the trained model (a run's model/ directory)")
+    embed.add_argument("--int8", action="store_true", help="a language model's matrices in int8 (not the codec)")
     embed.set_defaults(run=run_embed)
 
 
@@ -142,10 +147,8 @@ def run_lm(args) -> int:
     from antiphon.train.lm_train import LMRecipe, train_lm
 
     _threads(args)
-    if args.codec is None and not args.init:
-        from antiphon.errors import InputError
-
-        raise InputError("give --codec (the codec whose codes a new model reads and writes) or --init MODEL")
+    if args.codec is None and not args.init and not args.from_stt:
+        raise InputError("give --codec (the codec whose codes a new model reads and writes), --init MODEL or --from-stt MODEL")
     results = train_lm(args.data, args.out, _recipe_from(args, LMRecipe), codec_source=args.codec,
                        eval_dirs=args.eval, eval_count=args.eval_count, save_every=args.save_every,
                        tokenizer=args.tokenizer, stt_model=args.stt_model, device=parse_device(args.device))
@@ -156,6 +159,11 @@ def run_lm(args) -> int:
 def run_embed(args) -> int:
     from antiphon.train.embed import embed_codec, embed_lm
 
-    weights = embed_codec(args.source) if args.name == "codec" else embed_lm(args.source, args.name)
+    if args.name == "codec":
+        if args.int8:
+            raise InputError("--int8 applies to the language models, not the codec")
+        weights = embed_codec(args.source)
+    else:
+        weights = embed_lm(args.source, args.name, int8=args.int8)
     print(f"embedded {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
     return 0

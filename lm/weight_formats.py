@@ -35,6 +35,14 @@ _ATTENTION_IN = re.compile(r"^(.*\.(?:self_attn|cross_attention))\.in_proj$")
 
 
 # ---------------------------------------------------------------------- q8
+def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [out, in] -> (int8 [out, in], float32 row scales [out]): q = round(127 W / absmax_row), scb = absmax_row
+    (an all-zero row gets scale 1)."""
+    scb = w.float().abs().amax(dim=1)
+    scb = torch.where(scb > 0, scb, torch.ones_like(scb))
+    return torch.round(w.float() * 127 / scb[:, None]).to(torch.int8), scb
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """int8 [out, in], row scales [out] -> float32 [out, in]."""
     return q.float() * scale.float()[:, None] / 127
