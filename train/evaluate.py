@@ -4,6 +4,7 @@ and exact-match rates of translations, through the same front-ends the commands 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -111,10 +112,12 @@ def evaluate_tts(lm, eval_dirs: list[str], count: int, stt_model: str | None, pr
 
 def evaluate_translation(lm, eval_dirs: list[str], count: int, progress: bool = True) -> dict:
     """Exact match of the whole translation (normalized words) through the streaming Translator: the
-    source, its end-of-input frame, then silence until the model's EOS (or 10 s)."""
+    source up to where training ends it (`streams.END_LAG_S` after its last word), its end-of-input
+    frame, then silence until the model's EOS (or 10 s)."""
     import torch
 
     from antiphon.lm.tasks import Translator
+    from antiphon.train.streams import END_LAG_S, FRAME_RATE
 
     codec = lm.codec
     codec.num_codebooks = lm.config.n_q - lm.config.dep_q
@@ -124,7 +127,8 @@ def evaluate_translation(lm, eval_dirs: list[str], count: int, progress: bool = 
     for data_dir in eval_dirs:
         pairs = []
         for example in _examples(data_dir, count, progress, "translation"):
-            source = codec.encode(torch.from_numpy(example.pcm[1])[None, None])  # [1, K, F]
+            end = math.ceil((example.channels[1].words[-1][2] + END_LAG_S) * FRAME_RATE) * codec.frame_size
+            source = codec.encode(torch.from_numpy(example.pcm[1][:end])[None, None])  # [1, K, F]
             translator = Translator(lm, 1, temp=0.0, temp_text=0.0)
             frames = [source[..., f:f + 1] for f in range(source.shape[-1])] + [translator.end_of_input()]
             frames += [silence] * 125

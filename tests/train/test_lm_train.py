@@ -328,3 +328,33 @@ def test_from_stt_errors_are_clear(tmp_path, speech_dir, translation_dir, codec_
         train_lm([speech_dir], tmp_path / "b", dataclasses.replace(TINY, from_stt="x"), None, progress=False)
     with pytest.raises(InputError, match="not both"):
         train_lm([speech_dir], tmp_path / "c", dataclasses.replace(TINY, from_stt="x", init="y"), None, progress=False)
+
+
+def test_the_translation_eval_ends_the_source_where_training_marks_its_end(tmp_path, translation_dir, codec_dir,
+                                                                           monkeypatch):
+    from antiphon.lm.tasks import Translator
+    from antiphon.train.evaluate import evaluate_translation
+    from antiphon.train.shards import iter_examples
+
+    train_lm([translation_dir], tmp_path, dataclasses.replace(TINY, task="translation", steps=1), codec_dir,
+             progress=False)
+    lm = LM.from_pretrained(tmp_path / "model")
+    fed: list[tuple[Translator, list[torch.Tensor]]] = []  # per example: its translator, the frames it was fed
+    step = Translator.step
+
+    def recording_step(self, codes, active=None):
+        if not fed or fed[-1][0] is not self:
+            fed.append((self, []))
+        fed[-1][1].append(codes)
+        return step(self, codes, active)
+
+    monkeypatch.setattr(Translator, "step", recording_step)
+    evaluate_translation(lm, [translation_dir], 3, progress=False)
+    k, card = lm.config.n_q - lm.config.dep_q, lm.config.card
+    assert len(fed) == 3
+    for (_, frames), example in zip(fed, iter_examples(translation_dir)):
+        got = next(i for i, codes in enumerate(frames) if (codes == card).all())
+        steps = -(-example.pcm.shape[-1] // 1920)
+        layout = streams.build("translation", LetterTokenizer(), [torch.zeros(k, steps, dtype=torch.long)] * 2,
+                               [c.words for c in example.channels], 0, card)
+        assert got == int((layout[1 + k] == card).nonzero()[0])
