@@ -1,8 +1,10 @@
 """`antiphon translate`: speech to speech translation with a Hibiki-style model, locally or through a server.
 
-Locally (--model), the file is read at the codec's rate (mono), encoded by the streaming codec after one
-frame of silence (a slot never sees its first frame), and fed to a `Translator` one 80 ms frame at a
-time; then its end-of-input frame, then silence until the model's text EOS (or `TAIL_SECONDS`). The
+Locally (--model), the file is read at the codec's rate (mono), its trailing silence cut (`speech_end`:
+the models are trained to see the source end `END_LAG_S` after its last word), encoded by the streaming
+codec after one frame of silence (a slot never sees its first frame), and fed to a `Translator` one
+80 ms frame at a time; then its end-of-input frame, then silence until the model's text EOS (or
+`TAIL_SECONDS`). The
 ready frames' audio codes are decoded into the translated speech; the text pieces make the words, timed
 on the translated speech's clock. With --url, the audio goes to a server's /api/translate at the pace
 of real time, then Control endTurn (`client.translate_pcm`).
@@ -25,6 +27,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "embedded:translation"
 SAMPLE_RATE = 24000
 TAIL_SECONDS = 10.0  # after the source: the most the model may take to finish its translation
+SPEECH_DB = 30.0  # an 80 ms frame within this many dB of the loudest one is speech (speech_end)
 
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
@@ -123,6 +126,7 @@ def translate(lm, pcm: np.ndarray, temp: float | None = None, seed: int = 0, cfg
         raise InputError(f"the model's codec runs at {codec.sample_rate} Hz; only {SAMPLE_RATE} Hz codecs are supported")
     codec.num_codebooks = cfg.n_q - cfg.dep_q
     frame = codec.frame_size
+    pcm = pcm[:speech_end(pcm, frame)]
     padded = np.concatenate([np.zeros(frame, np.float32), pcm, np.zeros(-pcm.size % frame, np.float32)])
     source = encode_pcm(codec, padded[None]).to(lm.device)  # [K, F]
     silence = encode_pcm(codec, np.zeros((1, frame), np.float32)).to(lm.device)  # [K, 1]
@@ -145,3 +149,16 @@ def translate(lm, pcm: np.ndarray, temp: float | None = None, seed: int = 0, cfg
         raise InputError("the model produced no output for this audio")
     speech = decode_codes(codec, torch.cat(audio, dim=-1))[0]  # [T'] at 24 kHz
     return speech, _words(lm.tokenizer, pieces, FRAME_SECONDS)
+
+
+def speech_end(pcm: np.ndarray, frame: int) -> int:
+    """The length of `pcm` [T] without its trailing silence: `END_LAG_S` past the end of the last frame
+    within SPEECH_DB of the loudest (the whole of it when that is further, or when it is all silent)."""
+    from antiphon.train.streams import END_LAG_S
+
+    frames = np.pad(pcm, (0, -pcm.size % frame)).reshape(-1, frame)
+    level = 10 * np.log10(np.maximum((frames.astype(np.float64) ** 2).mean(axis=1), 1e-20))
+    if level.max() <= -200:  # digital silence
+        return pcm.size
+    loud = np.flatnonzero(level >= level.max() - SPEECH_DB)
+    return min(pcm.size, (int(loud[-1]) + 1) * frame + round(END_LAG_S * SAMPLE_RATE))

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from antiphon.apps.cli import main
-from antiphon.apps.translate_cmd import TAIL_SECONDS, translate
+from antiphon.apps.translate_cmd import TAIL_SECONDS, speech_end, translate
 from antiphon.audio_io import read_audio, write_wav
 from antiphon.lm import LM
 from tests.apps.test_transcribe_speak import CODEC_FILES, STT_PAIR, save_model
@@ -81,6 +81,19 @@ def test_the_translation_ends_at_the_models_eos_once_the_source_has(hibiki_dir, 
     speech_out, words = translate(lm, pcm, temp=0.0)
     assert words == []  # EOS is not a word
     assert speech_out.size == (source_frames - max_delay) * FRAME  # ends on the end-of-input frame's step
+    trailing = np.concatenate([pcm, np.zeros(3 * 24000, np.float32)])
+    # 3 s of silence after the speech: the source ends 0.24 s (3 frames) after the speech instead
+    assert translate(lm, trailing, temp=0.0)[0].size == speech_out.size + 3 * FRAME
+
+
+def test_speech_end_cuts_trailing_silence_to_where_training_ends_a_source():
+    g = np.random.default_rng(0)
+    tone = 0.3 * np.sin(np.arange(24000) / 24000 * 2 * np.pi * 220).astype(np.float32)
+    quiet = 1e-3 * g.standard_normal(2 * 24000).astype(np.float32)  # -50 dB: silence
+    assert speech_end(np.concatenate([tone, quiet]), FRAME) == 24000 + FRAME // 2 + round(0.24 * 24000)
+    assert speech_end(np.concatenate([quiet, tone]), FRAME) == 3 * 24000  # ends in speech: all of it
+    assert speech_end(np.concatenate([tone, 0.1 * quiet[:3000]]), FRAME) == 27000  # less silence than the lag
+    assert speech_end(np.zeros(5000, np.float32), FRAME) == 5000
 
 
 def test_translate_errors(capsys, tmp_path, hibiki_dir, speech):
