@@ -21,6 +21,7 @@ from antiphon.kernels._triton import jit, next_power_of_2, tl
 
 BLOCK_N = 32
 BLOCK_K = 128
+CPU_K_MULTIPLE = 16  # int8_matmul_cpu: torch's kernel only for an inner size K that is a multiple of this
 CPU_ROWS = 32  # int8_matmul_cpu up to this many rows: beyond, dequantizing once and a float matmul is faster
 
 
@@ -99,9 +100,13 @@ def int8_matmul_cpu(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> to
     (torch._weight_int8pack_mm), which reads bfloat16 activations and scales: x, the scales and the
     output round to bfloat16 (a relative error of ~3e-3 beside the reference). Its cost grows with the
     rows (a pass over the weight per row): at 1-2 rows it is 2-3x faster than a float32 matmul of the
-    float weight, at ~8 rows as fast, at 32 (CPU_ROWS) still faster than dequantizing first (2-core AVX2)."""
+    float weight, at ~8 rows as fast, at 32 (CPU_ROWS) still faster than dequantizing first (2-core AVX2).
+    An inner size K that is not a multiple of CPU_K_MULTIPLE takes the reference: on an AVX-512 CPU
+    (torch 2.13) the kernel then returns wrong sums (K = 40, 200) or crashes the process (K = 8, 88)."""
     _check_int8(q, scale, "int8_matmul")
     _check_x(x, q.shape[1], "int8_matmul")
+    if q.shape[1] % CPU_K_MULTIPLE:
+        return int8_matmul_reference(x, q, scale)
     rows = x.reshape(-1, q.shape[1]).to(torch.bfloat16)
     out = torch._weight_int8pack_mm(rows, q, scale.to(torch.bfloat16))  # [rows, N]
     return out.to(x.dtype).view(*x.shape[:-1], q.shape[0])

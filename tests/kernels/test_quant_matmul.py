@@ -117,6 +117,14 @@ def test_int8_matmul_cpu_is_the_reference_within_bfloat16_rounding(dtype, m):
     assert 0 < error < 6e-3
 
 
+@pytest.mark.parametrize("k", [8, 40, 88, 200])
+def test_int8_matmul_cpu_is_right_for_an_inner_size_torchs_kernel_gets_wrong(k):
+    # on an AVX-512 CPU torch's kernel crashes (8, 88) or sums wrongly (40, 200) for these: the reference runs
+    x, w = _data(2, k, 33, torch.float32)
+    q, scale = quantize_int8(w)
+    torch.testing.assert_close(int8_matmul_cpu(x, q, scale), int8_matmul_reference(x, q, scale), rtol=0, atol=0)
+
+
 def test_dispatch_takes_the_cpu_kernel_for_a_few_rows_without_autograd(monkeypatch):
     x, w = _data(CPU_ROWS + 1, 128, 64, torch.float32)
     q, scale = quantize_int8(w)
