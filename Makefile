@@ -45,11 +45,12 @@ test-all: system setup reference
 serve: setup
 	$(BIN)/antiphon serve --model $(MODEL)
 
-## demo: the embedded models at work: speak a question, transcribe it, a codec round trip of the bundled sample
+## demo: the embedded models at work: speak a question, transcribe it, a codec round trip of the bundled sample, translate the question
 demo: setup
 	$(BIN)/antiphon speak "What is the capital of Italy?" -o demo-question.wav
 	$(BIN)/antiphon transcribe demo-question.wav
 	$(BIN)/antiphon codec roundtrip demos/sample.wav sample-roundtrip.wav
+	$(BIN)/antiphon translate demo-question.wav -o demo-question-fr.wav
 
 ## models: retrain the embedded models from scratch with the recipe (hours on 2 CPU cores; resumable: run again after a stop)
 models: system setup

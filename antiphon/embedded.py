@@ -10,12 +10,12 @@ from pathlib import Path
 from antiphon.errors import CheckpointError
 
 MODELS = Path(__file__).parent / "models"
-NAMES = ("codec", "stt", "tts")
+NAMES = ("codec", "stt", "tts", "translation")
 PREFIX = "embedded:"
 
 
 def embedded(name: str) -> str:
-    """The directory of embedded model `name` (codec, stt, tts)."""
+    """The directory of embedded model `name` (one of NAMES)."""
     if name not in NAMES:
         raise CheckpointError(f"no embedded model {name!r}: there are {', '.join(NAMES)}")
     path = MODELS / name

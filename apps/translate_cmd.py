@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "embedded:translation"
 SAMPLE_RATE = 24000
+FRAME = 1920  # 80 ms at 24 kHz
 TAIL_SECONDS = 10.0  # after the source: the most the model may take to finish its translation
 SPEECH_DB = 30.0  # an 80 ms frame within this many dB of the loudest one is speech (speech_end)
 
@@ -58,7 +59,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--cfg-coef", type=float, default=1.0, metavar="C",
                    help="classifier-free guidance on the quality label of a conditioned model (Hibiki's README: "
                         "3 for more voice similarity, less accuracy; twice the compute; default: 1, none)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--seed", type=int, help="sampling seed of a local model (default: 0)")
     p.add_argument("--device", default="auto", help="torch device of a local model (default: cuda if available, else cpu)")
     p.set_defaults(run=run_translate)
 
@@ -73,13 +74,13 @@ def run_translate(args: argparse.Namespace) -> int:
         _check_output(args.output)
     pcm = read_audio(args.input, SAMPLE_RATE, mono=True)[0]  # before loading the model: a bad file fails fast
     if args.url is not None:
-        if args.cfg_coef != 1.0 or args.temp is not None:
-            raise InputError("--cfg-coef and --temp apply to a local model")
+        if args.cfg_coef != 1.0 or args.temp is not None or args.seed is not None:
+            raise InputError("--cfg-coef, --temp and --seed apply to a local model")
         speech, text = translate_with_server(args.url, pcm, api_key=args.api_key)
         words = None
     else:
         lm = load_lm(args.model or DEFAULT_MODEL, args.device)
-        speech, words = translate(lm, pcm, temp=args.temp, seed=args.seed, cfg_coef=args.cfg_coef)
+        speech, words = translate(lm, pcm, temp=args.temp, seed=args.seed or 0, cfg_coef=args.cfg_coef)
         text = " ".join(w["text"] for w in words)
     if args.output is not None:
         write_wav(args.output, speech[None], SAMPLE_RATE)
@@ -92,13 +93,14 @@ def run_translate(args: argparse.Namespace) -> int:
 
 
 def translate_with_server(url: str, pcm: np.ndarray, api_key: str | None = None) -> tuple[np.ndarray, str]:
-    """float32 PCM [T] at 24 kHz -> (translated speech [T'] at 24 kHz, its text) through the server at `url`."""
+    """float32 PCM [T] at 24 kHz -> (translated speech [T'] at 24 kHz, its text) through the server at `url`
+    (the source's trailing silence cut, as locally)."""
     import asyncio
 
     from antiphon.streaming.client import translate_pcm
 
     start = time.perf_counter()
-    speech, text = asyncio.run(translate_pcm(url, pcm, api_key=api_key))
+    speech, text = asyncio.run(translate_pcm(url, pcm[:speech_end(pcm, FRAME)], api_key=api_key))
     logger.info("translated %.2f s of audio through %s in %.2f s", pcm.size / SAMPLE_RATE, url,
                 time.perf_counter() - start)
     return speech, text

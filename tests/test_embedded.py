@@ -3,6 +3,8 @@ command uses when --model is left out."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from antiphon.apps.cli import main
@@ -31,7 +33,7 @@ def test_embedded_names_resolve_and_unknown_ones_are_clear_errors():
 @pytest.mark.parametrize("name", [n for n in NAMES if n != "codec"])
 def test_each_lm_loads_with_its_codec_and_tokenizer(name):
     lm = LM.from_pretrained(f"embedded:{name}")
-    assert lm.config.model_type == name
+    assert lm.config.model_type == {"translation": "hibiki"}.get(name, name)
     assert lm.tokenizer.vocab_size() == lm.config.text_card
     assert lm.codec.cardinality == lm.config.card
 
@@ -49,3 +51,9 @@ def test_transcribe_and_speak_use_the_embedded_models(tmp_path, capsys):
     capsys.readouterr()
     assert main(["transcribe", str(tmp_path / "q.wav")]) == 0
     assert capsys.readouterr().out.strip()  # words: how many are right is MODELS.md's business
+
+
+def test_translate_uses_the_embedded_model(tmp_path, capsys):
+    assert main(["translate", SAMPLE, "-o", str(tmp_path / "out.wav"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert read_audio(tmp_path / "out.wav").shape[-1] == round(result["duration"] * 24000) > 0

@@ -39,6 +39,7 @@ def embed_lm(source: str, name: str, models: Path = MODELS, int8: bool = False) 
     if shared.config.codebook_size != lm.config.card or shared.config.n_q < per_stream:
         raise InputError(f"{source} reads {per_stream} codebooks of {lm.config.card} entries; the embedded codec "
                          f"has {shared.config.n_q} of {shared.config.codebook_size}: embed its own codec first")
+    tokenizer = lm.source.fetch(lm.config.tokenizer_name).read_bytes()  # before `out` goes: it may be the source
     out = models / name
     shutil.rmtree(out, ignore_errors=True)
     lm.config = dataclasses.replace(lm.config, mimi_name=SHARED_CODEC,
@@ -46,7 +47,7 @@ def embed_lm(source: str, name: str, models: Path = MODELS, int8: bool = False) 
     weights = lm.half().save_pretrained(out)
     if int8:
         _to_q8(weights, out / "config.json")
-    shutil.copy(lm.source.fetch(lm.config.tokenizer_name), out / lm.config.tokenizer_name)
+    (out / lm.config.tokenizer_name).write_bytes(tokenizer)
     return weights
 
 

@@ -5,9 +5,11 @@
 # The language models train in two stages, as the embedded ones were: a first run, then a fine-tuning
 # run (--init) on its data plus a second dataset with word lists (docs/DATA.md). The codec's decoder
 # is then fine-tuned on more audio with its encoder and codebooks frozen: the codes the language
-# models read and write are unchanged, their speech gets the better decoder.
+# models read and write are unchanged, their speech gets the better decoder. The translation model starts
+# from the finished STT model (--from-stt: its listening half). The TTS and translation models are
+# embedded in int8, the STT in float16 (the size budget holds the four models that way; MODELS.md).
 # Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, DECODER_STEPS, STT_STEPS, STT2_STEPS,
-# TTS_STEPS, TTS2_STEPS, JOBS override.
+# TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
@@ -19,6 +21,7 @@ STT_STEPS=${STT_STEPS:-12000}
 TTS_STEPS=${TTS_STEPS:-8000}
 STT2_STEPS=${STT2_STEPS:-8000}
 TTS2_STEPS=${TTS2_STEPS:-5000}
+TRANSLATION_STEPS=${TRANSLATION_STEPS:-11000}
 
 dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
   local out="$DATA/$1"; shift
@@ -36,6 +39,9 @@ dataset tts-slt2 --kind tts --backends flite/slt --count 3000 --seed 21
 dataset asr3 --kind asr --count 16000 --seed 30 --word-lists 0.5
 dataset tts-slt3 --kind tts --backends flite/slt --count 24000 --seed 31 --word-lists 0.25
 dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --seed 1
+dataset translation2 --kind translation --count 8000 --seed 40
+dataset translation3 --kind translation --count 8000 --seed 41
+dataset translation-eval --kind translation --count 100 --split eval --seed 0
 
 "$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" --out "$RUNS/codec" --steps "$CODEC_STEPS" \
     --eval "$DATA/tts-eval" "$DATA/asr-eval" --eval-count 40
@@ -51,7 +57,11 @@ dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --
     --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" "$DATA/tts-slt3" --init "$RUNS/tts/model" --out "$RUNS/tts2" \
     --steps "$TTS2_STEPS" --batch 8 --lr 1e-3 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
+"$ANTIPHON" train lm --task translation "$DATA/translation2" "$DATA/translation3" --from-stt "$RUNS/stt2/model" \
+    --out "$RUNS/translation" --steps "$TRANSLATION_STEPS" --seq-steps 72 --lr 1e-3 --text-dropout 0.3 \
+    --eval "$DATA/translation-eval" --eval-count 50
 
 "$ANTIPHON" train embed codec "$RUNS/codec-dec/model"
 "$ANTIPHON" train embed stt "$RUNS/stt2/model"
-"$ANTIPHON" train embed tts "$RUNS/tts2/model"
+"$ANTIPHON" train embed tts "$RUNS/tts2/model" --int8
+"$ANTIPHON" train embed translation "$RUNS/translation/model" --int8

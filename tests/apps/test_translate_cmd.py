@@ -109,6 +109,8 @@ def test_translate_errors(capsys, tmp_path, hibiki_dir, speech):
     assert "not both" in capsys.readouterr().err
     assert main(["translate", speech, "--url", "ws://127.0.0.1:9", "--cfg-coef", "3"]) == 2
     assert "local model" in capsys.readouterr().err
+    assert main(["translate", speech, "--url", "ws://127.0.0.1:9", "--seed", "1"]) == 2
+    assert "local model" in capsys.readouterr().err
     assert main(["translate", speech, "--url", "http://127.0.0.1:9"]) == 2
     assert "bad server URL" in capsys.readouterr().err
 

@@ -285,6 +285,8 @@ def test_an_int8_embedding_quarters_the_matrices_and_loads_as_the_trained_model(
             assert ((lm.state_dict()[name] - value).abs() <= 0.5 * step + 1e-3 * value.abs() + 1e-6).all(), name
     codes = torch.randint(0, lm.config.card, (1, 1 + lm.config.n_q, 6))
     torch.testing.assert_close(lm(codes).text_logits, trained(codes).text_logits, rtol=0.05, atol=0.05)
+    embed_lm(str(models / "stt"), "stt", models, int8=True)  # an embedded model re-embedded in place
+    assert LM.from_pretrained(models / "stt").tokenizer.vocab_size() == lm.config.text_card
 
 
 def test_dialogue_and_translation_runs_are_evaluated_end_to_end(tmp_path, dialogue_dir, translation_dir, codec_dir):

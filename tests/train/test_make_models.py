@@ -37,7 +37,7 @@ def test_every_model_a_step_reads_was_made_before_it(tmp_path):
     commands = _run_script(tmp_path)
     for command in commands:
         words = command.split()
-        reads = [w for flag, w in zip(words, words[1:]) if flag in ("--init", "--codec", "--stt-model")]
+        reads = [w for flag, w in zip(words, words[1:]) if flag in ("--init", "--codec", "--stt-model", "--from-stt")]
         if words[:2] == ["train", "embed"]:
             reads.append(words[3])
         for model in reads:
@@ -46,7 +46,12 @@ def test_every_model_a_step_reads_was_made_before_it(tmp_path):
             made.add(words[words.index("--out") + 1] + "/model")
     embedded = {w[2]: w[3] for w in (c.split() for c in commands) if w[:2] == ["train", "embed"]}
     runs = str(tmp_path / "runs")
-    assert embedded == {"codec": f"{runs}/codec-dec/model", "stt": f"{runs}/stt2/model", "tts": f"{runs}/tts2/model"}
+    assert embedded == {"codec": f"{runs}/codec-dec/model", "stt": f"{runs}/stt2/model", "tts": f"{runs}/tts2/model",
+                        "translation": f"{runs}/translation/model"}
+    translation = next(c for c in commands if "--task translation" in c)
+    assert f"--from-stt {runs}/stt2/model" in translation  # it starts from the embedded STT
+    int8 = {c.split()[2] for c in commands if c.startswith("train embed") and c.endswith(" --int8")}
+    assert int8 == {"tts", "translation"}  # the budget holds four models so (MODELS.md)
 
 
 def test_the_language_models_read_the_codec_whose_decoder_is_embedded(tmp_path):
@@ -58,6 +63,6 @@ def test_the_language_models_read_the_codec_whose_decoder_is_embedded(tmp_path):
 
 def test_a_finished_dataset_is_not_made_again(tmp_path):
     first = [c for c in _run_script(tmp_path) if c.startswith("data generate")]
-    assert len(first) == 9
+    assert len(first) == 12
     (tmp_path / "log").unlink()
     assert [c for c in _run_script(tmp_path) if c.startswith("data generate")] == []
