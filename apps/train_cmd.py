@@ -60,8 +60,9 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
         description="Train a multistream LM for one --task on the codes of --codec (stt: text delayed behind "
                     "the audio; tts: audio delayed behind the text; translation and dialogue: two audio "
                     "streams, Hibiki and Moshi style), or fine-tune a published model (--init, a repo id or "
-                    "directory) fully or with low-rank adapters (--lora-rank R; merged into the exported "
-                    "weights). The tokenizer of a new model is trained on the generator's texts unless "
+                    "directory) fully or with low-rank adapters (--lora-rank R; exported as moshi-finetune does: "
+                    "the base weights as stored, the adapters beside them). A translation model fine-tuned "
+                    "with --task dialogue becomes a dialogue model (the same two streams). The tokenizer of a new model is trained on the generator's texts unless "
                     "--tokenizer is given. At the end: OUT/model (config.json, weights, codec, tokenizer) "
                     "and its evaluation on --eval (stt: word error rate; tts: word error rate of its speech "
                     "by pocketsphinx and by --stt-model).",
@@ -84,11 +85,15 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
         description="Copy a trained model into the package (antiphon/models/NAME, float16) as the default of "
                     "the commands; the language models share the embedded codec, so embed the codec first. "
                     "--int8 stores a language model's matrices in int8 with a scale per row (Kyutai's q8 "
-                    "format; half the size; they load as float).",
-        epilog="example:\n  antiphon train embed codec runs/codec/model && antiphon train embed stt runs/stt/model --int8")
+                    "format; half the size; they load as float). --lora-of BASE stores a model fine-tuned from "
+                    "embedded:BASE with --lora-rank as its adapters alone, on BASE's weights.",
+        epilog="examples:\n  antiphon train embed codec runs/codec/model && antiphon train embed stt runs/stt/model --int8\n"
+               "  antiphon train embed dialogue runs/dialogue/model --lora-of translation")
     embed.add_argument("name", choices=NAMES, help="which embedded model to replace")
     embed.add_argument("source", metavar="MODEL", help="the trained model (a run's model/ directory)")
     embed.add_argument("--int8", action="store_true", help="a language model's matrices in int8 (not the codec)")
+    embed.add_argument("--lora-of", metavar="BASE", choices=NAMES,
+                       help="store only the LoRA adapters of a model trained with --init embedded:BASE")
     embed.set_defaults(run=run_embed)
 
 
@@ -157,12 +162,16 @@ def run_lm(args) -> int:
 
 
 def run_embed(args) -> int:
-    from antiphon.train.embed import embed_codec, embed_lm
+    from antiphon.train.embed import embed_adapters, embed_codec, embed_lm
 
     if args.name == "codec":
-        if args.int8:
-            raise InputError("--int8 applies to the language models, not the codec")
+        if args.int8 or args.lora_of:
+            raise InputError("--int8 and --lora-of apply to the language models, not the codec")
         weights = embed_codec(args.source)
+    elif args.lora_of:
+        if args.int8:
+            raise InputError("--lora-of stores adapters, in float16: leave out --int8")
+        weights = embed_adapters(args.source, args.name, args.lora_of)
     else:
         weights = embed_lm(args.source, args.name, int8=args.int8)
     print(f"embedded {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB)")

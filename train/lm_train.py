@@ -11,6 +11,7 @@ dataset are computed once per codec and kept in OUT/codes-<dataset>.pt. Batches 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -18,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from antiphon.errors import InputError
 from antiphon.lm import LM, LMConfig
+from antiphon.lm.checkpoint import Source, read_config
+from antiphon.lm.config import LORA_NAME
 from antiphon.train import lora, streams
 from antiphon.train.run_dir import RunDir, Training, warmup_cosine
 from antiphon.train.shards import iter_examples, read_manifest
@@ -210,7 +214,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
             if step % save_every == 0 or step == recipe.steps:
                 save()
-    export(model, codec, tokenizer_path, run.model_path)
+    export(model, codec, tokenizer_path, run.model_path, lora_base=model.source if recipe.lora_rank else None)
     if not eval_dirs:
         return {}
     from antiphon.train.evaluate import evaluate_lm
@@ -221,20 +225,41 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     return results
 
 
-def export(model: LM, codec, tokenizer_path: Path, directory: Path) -> None:
-    """A model repository: config.json, the weights (adapters merged), the codec and the tokenizer beside,
-    under the names the config gives them."""
-    lora.merge(model)
-    model.eval()
-    model.save_pretrained(directory)
-    cfg = model.config
-    weights = codec.save_pretrained(directory / "codec-tmp")
-    shutil.move(weights, directory / cfg.mimi_name)
-    config = weights.with_suffix(".json")
-    if config.exists():
-        shutil.move(config, directory / (cfg.mimi_config_name or Path(cfg.mimi_name).with_suffix(".json").name))
+def export(model: LM, codec, tokenizer_path: Path, directory: Path, lora_base: Source | None = None) -> None:
+    """A model repository: config.json, the weights, and beside them the codec and the tokenizer (codec.*,
+    tokenizer.model). The weights are the model's own, adapters merged; or, for adapters on `lora_base`
+    (the source of the weights they adapt), as moshi-finetune writes them: the base weights file as it is
+    stored, the adapters in lora.safetensors, and `"lora": true` in config.json."""
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = codec.save_pretrained(directory / "codec-tmp")
+    codec_config = saved.with_suffix(".json")
+    shutil.move(saved, directory / CODEC_NAME)
+    if codec_config.exists():
+        shutil.move(codec_config, directory / CODEC_CONFIG_NAME)
     shutil.rmtree(directory / "codec-tmp")
-    shutil.copy(tokenizer_path, directory / cfg.tokenizer_name)
+    shutil.copy(tokenizer_path, directory / TOKENIZER_NAME)
+    model.config = dataclasses.replace(model.config, mimi_name=CODEC_NAME, tokenizer_name=TOKENIZER_NAME,
+                                       mimi_config_name=CODEC_CONFIG_NAME if codec_config.exists() else None)
+    model.eval()
+    if lora_base is None:
+        lora.merge(model)
+        model.save_pretrained(directory)
+    else:
+        _save_adapters(model, lora_base, directory)
+
+
+def _save_adapters(model: LM, base: Source, directory: Path) -> None:
+    base_config, stored = read_config(base)
+    weights = Path(base_config.moshi_name).name
+    shutil.copy(base.fetch(base_config.moshi_name), directory / weights)
+    adapters, scaling = lora.adapters(model)
+    save_file(adapters, str(directory / LORA_NAME))
+    rank = next(iter(adapters.values())).shape[0]
+    dataclasses.replace(model.config, moshi_name=weights).save_json(directory / "config.json")
+    config = json.loads((directory / "config.json").read_text())
+    config |= {"quantize": stored.quantize, "lora": True, "lora_rank": rank, "lora_scaling": scaling,
+               "lora_name": LORA_NAME}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _published(recipe: LMRecipe):
@@ -242,7 +267,10 @@ def _published(recipe: LMRecipe):
     model = LM.from_pretrained(recipe.init, device="cpu", dtype=torch.float32)
     cfg = model.config
     task = {"stt": "stt", "tts": "tts", "hibiki": "translation"}.get(cfg.model_type, "dialogue")
-    if task != recipe.task:
+    if (task, recipe.task) == ("translation", "dialogue"):
+        # The same two-stream model: it listens to one stream and speaks the other; now it learns to answer.
+        model.config = cfg = dataclasses.replace(cfg, model_type="moshi", lm_gen_config={})
+    elif task != recipe.task:
         raise InputError(f"{recipe.init} is a {task} model (model_type {cfg.model_type!r}), not a {recipe.task} one")
     codec = model.codec
     codec.num_codebooks = cfg.dep_q or cfg.n_q

@@ -1,12 +1,18 @@
 """Low-rank adapters on any weight matrix, by parametrization: W -> W + (alpha / r) * B @ A, with W
 frozen, A random and B zero (the adapted model starts as the base model). `merge` folds the adapters
-into the weights, so the exported checkpoint is a plain one of the base architecture."""
+into the weights, so the exported checkpoint is a plain one of the base architecture; `adapters` gives
+them as moshi-finetune stores them, for a checkpoint that is the base weights plus an adapters file."""
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+
+_ATTENTION_OUT = re.compile(r"^(.*\.(?:self_attn|cross_attention))\.out_proj$")
 
 
 class LowRankDelta(nn.Module):
@@ -40,6 +46,27 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> int:
         parametrize.register_parametrization(module, name, LowRankDelta(out_features, in_features, rank,
                                                                         alpha if alpha is not None else 2.0 * rank))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def adapters(model: nn.Module) -> tuple[dict[str, torch.Tensor], float]:
+    """The adapters under the reference's Linear names, as moshi-finetune stores them -> ({`<linear>.lora_A.weight`
+    [r, in], `<linear>.lora_B.weight` [out, r]}, scaling). The reference's attention has one Linear per weight
+    set: `<attn>.in_proj_weight` is `<attn>.in_projs.0`, `<attn>.out_proj.weight` is `<attn>.out_projs.0`."""
+    out, scales = {}, set()
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name, chain in module.parametrizations.items():
+            delta = chain[0]
+            linear = _ATTENTION_OUT.sub(r"\1.out_projs.0", module_name)
+            if name == "in_proj_weight":
+                linear = f"{module_name}.in_projs.0"
+            out[f"{linear}.lora_A.weight"] = delta.down.detach().clone()
+            out[f"{linear}.lora_B.weight"] = delta.up.detach().clone()
+            scales.add(delta.scale)
+    if len(scales) > 1:
+        raise ValueError(f"adapters of different scalings: {sorted(scales)}")
+    return out, scales.pop() if scales else 1.0
 
 
 def merge(model: nn.Module) -> None:

@@ -7,9 +7,11 @@
 # is then fine-tuned on more audio with its encoder and codebooks frozen: the codes the language
 # models read and write are unchanged, their speech gets the better decoder. The translation model starts
 # from the finished STT model (--from-stt: its listening half). The TTS and translation models are
-# embedded in int8, the STT in float16 (the size budget holds the four models that way; MODELS.md).
+# embedded in int8, the STT in float16 (the size budget holds the four models that way; MODELS.md). The
+# dialogue model is the embedded translation model with low-rank adapters trained on dialogues
+# (--init embedded:translation --lora-rank), embedded as its adapters alone (--lora-of translation).
 # Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, DECODER_STEPS, STT_STEPS, STT2_STEPS,
-# TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, JOBS override.
+# TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
@@ -22,6 +24,7 @@ TTS_STEPS=${TTS_STEPS:-8000}
 STT2_STEPS=${STT2_STEPS:-8000}
 TTS2_STEPS=${TTS2_STEPS:-5000}
 TRANSLATION_STEPS=${TRANSLATION_STEPS:-11000}
+DIALOGUE_STEPS=${DIALOGUE_STEPS:-4000}
 
 dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
   local out="$DATA/$1"; shift
@@ -42,6 +45,8 @@ dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --
 dataset translation2 --kind translation --count 8000 --seed 40
 dataset translation3 --kind translation --count 8000 --seed 41
 dataset translation-eval --kind translation --count 100 --split eval --seed 0
+dataset dialogue2 --kind dialogue --count 6000 --seed 50
+dataset dialogue-eval --kind dialogue --count 100 --split eval --seed 0
 
 "$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" --out "$RUNS/codec" --steps "$CODEC_STEPS" \
     --eval "$DATA/tts-eval" "$DATA/asr-eval" --eval-count 40
@@ -65,3 +70,6 @@ dataset translation-eval --kind translation --count 100 --split eval --seed 0
 "$ANTIPHON" train embed stt "$RUNS/stt2/model"
 "$ANTIPHON" train embed tts "$RUNS/tts2/model" --int8
 "$ANTIPHON" train embed translation "$RUNS/translation/model" --int8
+"$ANTIPHON" train lm --task dialogue "$DATA/dialogue2" --init embedded:translation --lora-rank 32 \
+    --out "$RUNS/dialogue" --steps "$DIALOGUE_STEPS" --text-dropout 0.3 --eval "$DATA/dialogue-eval" --eval-count 50
+"$ANTIPHON" train embed dialogue "$RUNS/dialogue/model" --lora-of translation

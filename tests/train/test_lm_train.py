@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from antiphon.errors import InputError
 from antiphon.lm import LM
 from antiphon.train import lora, streams
 from antiphon.train.codec_train import CodecRecipe, train_codec
 from antiphon.train.lm_train import LMRecipe, drop_text, init_weights, lm_loss, model_config, train_lm
+from tests.lm.test_lora_checkpoint import reference_linears
 from tests.streaming.tiny_pair import LetterTokenizer
 
 TINY = LMRecipe(size="tiny", steps=4, batch=2, seq_steps=24, warmup=10)
@@ -190,14 +193,57 @@ def test_stt_run_resumes_exports_and_is_evaluated(tmp_path, speech_dir, codec_di
     assert results[speech_dir]["examples"] == 2 and results[speech_dir]["wer"] >= 0
 
 
-def test_lora_fine_tunes_a_published_model_and_merges(tmp_path, speech_dir, codec_dir):
+def test_a_lora_run_exports_the_base_weights_and_its_adapters_as_moshi_finetune_does(tmp_path, speech_dir, codec_dir):
     train_lm([speech_dir], tmp_path / "base", dataclasses.replace(TINY, steps=1), codec_dir, progress=False)
     base = tmp_path / "base" / "model"
     recipe = dataclasses.replace(TINY, steps=3, init=str(base), lora_rank=2, lr=1e-2)
     train_lm([speech_dir], tmp_path / "lora", recipe, None, progress=False)
-    before, after = LM.from_pretrained(base).state_dict(), LM.from_pretrained(tmp_path / "lora" / "model").state_dict()
+    out = tmp_path / "lora" / "model"
+    config = json.loads((out / "config.json").read_text())
+    assert config["lora"] is True and config["lora_rank"] == 2 and config["lora_name"] == "lora.safetensors"
+    assert (out / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
+    # loading merges the adapters into exactly the weights the run trained: W + scale * B @ A
+    trained = torch.load(tmp_path / "lora" / "state.pt", weights_only=False)["model"]
+    before, after = LM.from_pretrained(base).state_dict(), LM.from_pretrained(out).state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("transformer.") for k in changed)  # adapters only touch the transformer
+    for name in changed:
+        module, attribute = name.rsplit(".", 1)
+        prefix = f"{module}.parametrizations.{attribute}"
+        merged = trained[f"{prefix}.original"] + 2.0 * trained[f"{prefix}.0.up"] @ trained[f"{prefix}.0.down"]
+        torch.testing.assert_close(after[name], merged, msg=name)
+    lm = LM.from_pretrained(out)  # the adapters are named as the reference's Linears are
+    linears = {m for k in changed for m, _ in reference_linears(k, after[k], lm.config)}
+    assert set(load_file(str(out / "lora.safetensors"))) == {f"{m}.lora_{x}.weight" for m in linears for x in "AB"}
+
+
+def test_a_translation_model_adapted_to_dialogue_embeds_as_its_adapters_alone(tmp_path, translation_dir, dialogue_dir,
+                                                                             codec_dir, caplog):
+    from antiphon.train.embed import embed_adapters, embed_codec, embed_lm
+
+    translation = dataclasses.replace(TINY, task="translation", steps=1)
+    train_lm([translation_dir], tmp_path / "t", translation, codec_dir, progress=False)
+    models = tmp_path / "models"
+    embed_codec(codec_dir, models)
+    embed_lm(str(tmp_path / "t" / "model"), "translation", models, int8=True)
+    recipe = dataclasses.replace(TINY, task="dialogue", steps=2, init=str(models / "translation"), lora_rank=2, lr=1e-2)
+    train_lm([dialogue_dir], tmp_path / "d", recipe, None, progress=False)
+    adapters = embed_adapters(str(tmp_path / "d" / "model"), "dialogue", "translation", models)
+    assert sorted(p.name for p in (models / "dialogue").iterdir()) == ["config.json", "lora.safetensors", "tokenizer.model"]
+    assert adapters.stat().st_size < 0.2 * (models / "translation" / "model.safetensors").stat().st_size
+    lm, trained = LM.from_pretrained(models / "dialogue"), LM.from_pretrained(tmp_path / "d" / "model")
+    assert lm.config.model_type == "moshi" and lm.codec.config == trained.codec.config
+    codes = torch.randint(0, lm.config.card, (1, 1 + lm.config.n_q, 6))
+    torch.testing.assert_close(lm(codes).text_logits, trained(codes).text_logits, rtol=0.01, atol=0.01)
+    with pytest.raises(InputError, match="holds no LoRA adapters"):
+        embed_adapters(str(tmp_path / "t" / "model"), "dialogue", "translation", models)
+    embed_lm(str(tmp_path / "t" / "model"), "other", models)  # the same model in float16: other bytes
+    with pytest.raises(InputError, match="other weights than the embedded other model's"):
+        embed_adapters(str(tmp_path / "d" / "model"), "dialogue", "other", models)
+    assert (models / "dialogue").is_dir()  # a refused embedding changes nothing
+    with caplog.at_level(logging.WARNING):
+        embed_lm(str(tmp_path / "t" / "model"), "translation", models)  # new base weights: the adapters go
+    assert not (models / "dialogue").exists() and "removed the embedded dialogue model" in caplog.text
 
 
 def test_lora_starts_as_the_base_model_and_merging_keeps_its_outputs():
@@ -265,8 +311,6 @@ def test_embedding_shares_one_codec_and_halves_the_weights(tmp_path, speech_dir,
 
 
 def test_an_int8_embedding_quarters_the_matrices_and_loads_as_the_trained_model(tmp_path, speech_dir, codec_dir):
-    from safetensors.torch import load_file
-
     from antiphon.train.embed import embed_codec, embed_lm
 
     train_lm([speech_dir], tmp_path / "run", dataclasses.replace(TINY, steps=1), codec_dir, progress=False)

@@ -44,14 +44,19 @@ def test_every_model_a_step_reads_was_made_before_it(tmp_path):
             assert model in made, f"{command!r} reads {model}, which no earlier step made"
         if "--out" in words and words[0] == "train":
             made.add(words[words.index("--out") + 1] + "/model")
+        if words[:2] == ["train", "embed"]:
+            made.add(f"embedded:{words[2]}")
     embedded = {w[2]: w[3] for w in (c.split() for c in commands) if w[:2] == ["train", "embed"]}
     runs = str(tmp_path / "runs")
     assert embedded == {"codec": f"{runs}/codec-dec/model", "stt": f"{runs}/stt2/model", "tts": f"{runs}/tts2/model",
-                        "translation": f"{runs}/translation/model"}
+                        "translation": f"{runs}/translation/model", "dialogue": f"{runs}/dialogue/model"}
     translation = next(c for c in commands if "--task translation" in c)
     assert f"--from-stt {runs}/stt2/model" in translation  # it starts from the embedded STT
     int8 = {c.split()[2] for c in commands if c.startswith("train embed") and c.endswith(" --int8")}
-    assert int8 == {"tts", "translation"}  # the budget holds four models so (MODELS.md)
+    assert int8 == {"tts", "translation"}  # the budget holds the models so (MODELS.md)
+    dialogue = next(c for c in commands if "--task dialogue" in c)
+    assert "--init embedded:translation --lora-rank" in dialogue  # adapters on the embedded translation model
+    assert commands[-1] == f"train embed dialogue {runs}/dialogue/model --lora-of translation"
 
 
 def test_the_language_models_read_the_codec_whose_decoder_is_embedded(tmp_path):
@@ -63,6 +68,6 @@ def test_the_language_models_read_the_codec_whose_decoder_is_embedded(tmp_path):
 
 def test_a_finished_dataset_is_not_made_again(tmp_path):
     first = [c for c in _run_script(tmp_path) if c.startswith("data generate")]
-    assert len(first) == 12
+    assert len(first) == 14
     (tmp_path / "log").unlink()
     assert [c for c in _run_script(tmp_path) if c.startswith("data generate")] == []
