@@ -10,7 +10,7 @@ from pathlib import Path
 from antiphon.errors import CheckpointError
 
 MODELS = Path(__file__).parent / "models"
-NAMES = ("codec", "stt", "tts", "translation")
+NAMES = ("codec", "stt", "tts", "translation", "dialogue")
 PREFIX = "embedded:"
 
 

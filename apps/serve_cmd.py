@@ -40,6 +40,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
         epilog="examples:\n"
                "  antiphon serve                                     # the embedded STT model on 127.0.0.1:8998\n"
                "  antiphon serve --model embedded:tts                # the embedded TTS model\n"
+               "  antiphon serve --model embedded:dialogue           # the embedded dialogue model: antiphon talk\n"
                "  antiphon serve --model kyutai/moshiko-pytorch-bf16 # Moshi, slots sized to the GPU\n"
                "  antiphon serve --model path/to/model --slots 8\n"
                "  antiphon serve --host 0.0.0.0 --api-key SECRET     # other hosts: a key is required\n\n"

@@ -66,6 +66,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                     "the Moshi protocol): the microphone streams to the server, its voice plays on the "
                     "speaker and its words print as they come. 24 kHz mono, 80 ms blocks. Ctrl-C ends.",
         epilog="examples:\n"
+               "  antiphon serve --model embedded:dialogue &       # the embedded dialogue model, then\n"
                "  antiphon talk                                    # ws://127.0.0.1:8998, default devices\n"
                "  antiphon talk --url wss://example.org --api-key SECRET\n"
                "  antiphon talk --list-devices\n"

@@ -153,16 +153,26 @@ SILENCE_DBFS = -40.0  # a frame quieter than this is silence
 SILENT_FRAMES = 3  # ... and the model has stopped once this many such frames follow one another
 
 
+def _silent_frames(pcm: np.ndarray, frame: int) -> np.ndarray:
+    """bool [frames]: which frames of `frame` samples are quieter than SILENCE_DBFS."""
+    frames = pcm[: len(pcm) // frame * frame].reshape(-1, frame)
+    return 10 * np.log10(np.maximum((frames ** 2).mean(axis=1), 1e-12)) < SILENCE_DBFS
+
+
 def stops_speaking_at(pcm: np.ndarray, after_s: float, sample_rate: int, frame: int) -> float | None:
     """The start (s) of the first run of SILENT_FRAMES silent frames at or after `after_s`; None if none."""
-    frames = pcm[: len(pcm) // frame * frame].reshape(-1, frame)
-    level = 10 * np.log10(np.maximum((frames ** 2).mean(axis=1), 1e-12))
-    silent = level < SILENCE_DBFS
+    silent = _silent_frames(pcm, frame)
     first = int(np.ceil(after_s * sample_rate / frame))
     for f in range(first, len(silent) - SILENT_FRAMES + 1):
         if silent[f:f + SILENT_FRAMES].all():
             return f * frame / sample_rate
     return None
+
+
+def speaking_at(pcm: np.ndarray, at_s: float, sample_rate: int, frame: int) -> bool:
+    """Whether any of the SILENT_FRAMES frames before `at_s` is not silent: there is speech to stop."""
+    end = int(at_s * sample_rate / frame)
+    return bool((~_silent_frames(pcm, frame)[max(0, end - SILENT_FRAMES):end]).any())
 
 
 def answer_recall(reference: str, hypothesis: str) -> float:
@@ -179,7 +189,8 @@ def answer_recall(reference: str, hypothesis: str) -> float:
 def evaluate_dialogue(lm, eval_dirs: list[str], count: int, progress: bool = True) -> dict:
     """Through the streaming Dialogue front-end, fed the user's channel: an answer is correct when the
     model's text stream says >= 80% of the reference answers' words; after each interruption, the
-    model's decoded speech must fall silent within 0.5 s of the user's first word."""
+    model's decoded speech must fall silent within 0.5 s of the user's first word (silent_within_0_5_s);
+    stopped_within_0_5_s counts only the interruptions where it was speaking when the user began."""
     import torch
 
     from antiphon.lm.tasks import Dialogue
@@ -189,7 +200,7 @@ def evaluate_dialogue(lm, eval_dirs: list[str], count: int, progress: bool = Tru
     tokenizer, frame = lm.tokenizer, codec.frame_size
     out = {}
     for data_dir in eval_dirs:
-        correct, stops = [], []
+        correct, stops, speaking, samples = [], [], [], []
         for example in _examples(data_dir, count, progress, "dialogue"):
             user = codec.encode(torch.from_numpy(example.pcm[1])[None, None])  # [1, K, F]
             dialogue = Dialogue(lm, 1, temp=0.0, temp_text=0.0)
@@ -204,12 +215,18 @@ def evaluate_dialogue(lm, eval_dirs: list[str], count: int, progress: bool = Tru
                         pieces.append(int(step.text[0]))
                     audio.append(step.audio[0])
                 pcm = codec.decode(torch.cat(audio, dim=-1)[None])[0, 0].numpy()
-            correct.append(answer_recall(example.channels[0].text, tokenizer.decode(pieces)) >= 0.8)
+            reference, said = example.channels[0].text, tokenizer.decode(pieces)
+            correct.append(answer_recall(reference, said) >= 0.8)
+            samples.append({"user": example.channels[1].text, "ref": reference, "hyp": said})
             for cut in example.info.get("interruptions", []):
                 stop = stops_speaking_at(pcm, cut["user_starts_s"], codec.sample_rate, frame)
                 stops.append(stop is not None and stop - cut["user_starts_s"] <= 0.5)
+                speaking.append(speaking_at(pcm, cut["user_starts_s"], codec.sample_rate, frame))
+        stopped = [s for s, was in zip(stops, speaking) if was]
         out[data_dir] = {"examples": len(correct), "answers_correct": round(float(np.mean(correct or [0])), 4),
-                         "interruptions": len(stops), "silent_within_0_5_s": round(float(np.mean(stops or [0])), 4)}
+                         "interruptions": len(stops), "silent_within_0_5_s": round(float(np.mean(stops or [0])), 4),
+                         "speaking_when_interrupted": round(float(np.mean(speaking or [0])), 4),
+                         "stopped_within_0_5_s": round(float(np.mean(stopped or [0])), 4), "samples": samples[:5]}
     return out
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from antiphon.train.evaluate import (answer_recall, edit_distance, normalize, pocketsphinx_transcribe,
-                                     stops_speaking_at, word_error_rate)
+                                     speaking_at, stops_speaking_at, word_error_rate)
 from antiphon.train.synth import Voice, synthesize
 from tests.train.backends import needs_flite
 
@@ -51,3 +51,10 @@ def test_stops_speaking_at_finds_the_first_lasting_silence():
     assert stops_speaking_at(pcm, 0.0, rate, frame) == pytest.approx(0.12)  # the 2-frame gap is too short
     assert stops_speaking_at(pcm, 0.13, rate, frame) == pytest.approx(0.13)  # from the asked time on
     assert stops_speaking_at(np.full(100, 0.5, np.float32), 0.0, rate, frame) is None
+
+
+def test_speaking_at_looks_at_the_frames_before():
+    rate, frame = 1000, 10
+    pcm = np.concatenate([np.full(50, 0.5, np.float32), np.zeros(50, np.float32)])  # speech to 0.05 s
+    assert speaking_at(pcm, 0.05, rate, frame) and speaking_at(pcm, 0.07, rate, frame)
+    assert not speaking_at(pcm, 0.08, rate, frame) and not speaking_at(pcm, 0.0, rate, frame)

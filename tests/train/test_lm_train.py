@@ -338,6 +338,7 @@ def test_dialogue_and_translation_runs_are_evaluated_end_to_end(tmp_path, dialog
                         eval_dirs=[dialogue_dir], eval_count=2, progress=False)[dialogue_dir]
     assert dialogue["examples"] == 2 and 0 <= dialogue["answers_correct"] <= 1
     assert dialogue["interruptions"] >= 0 and 0 <= dialogue["silent_within_0_5_s"] <= 1
+    assert 0 <= dialogue["speaking_when_interrupted"] <= 1 and 0 <= dialogue["stopped_within_0_5_s"] <= 1
     translation = train_lm([translation_dir], tmp_path / "t", dataclasses.replace(TINY, task="translation", steps=1),
                            codec_dir, eval_dirs=[translation_dir], eval_count=2, progress=False)[translation_dir]
     assert translation["examples"] == 2 and 0 <= translation["exact_match"] <= 1 and translation["wer"] >= 0
