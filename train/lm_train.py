@@ -214,7 +214,9 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
             if step % save_every == 0 or step == recipe.steps:
                 save()
-    export(model, codec, tokenizer_path, run.model_path, lora_base=model.source if recipe.lora_rank else None)
+    # moshi-finetune's format holds one set of adapters: on a model stored as adapters itself, all are merged
+    adapters_only = recipe.lora_rank and not read_config(model.source)[1].lora
+    export(model, codec, tokenizer_path, run.model_path, lora_base=model.source if adapters_only else None)
     if not eval_dirs:
         return {}
     from antiphon.train.evaluate import evaluate_lm

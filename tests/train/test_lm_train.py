@@ -216,6 +216,18 @@ def test_a_lora_run_exports_the_base_weights_and_its_adapters_as_moshi_finetune_
     linears = {m for k in changed for m, _ in reference_linears(k, after[k], lm.config)}
     assert set(load_file(str(out / "lora.safetensors"))) == {f"{m}.lora_{x}.weight" for m in linears for x in "AB"}
 
+    # adapters on that model (itself adapters): one file holds one set, so the export merges both
+    again = dataclasses.replace(recipe, init=str(out), seed=1)
+    train_lm([speech_dir], tmp_path / "again", again, None, progress=False)
+    assert "lora" not in json.loads((tmp_path / "again" / "model" / "config.json").read_text())
+    trained = torch.load(tmp_path / "again" / "state.pt", weights_only=False)["model"]
+    twice = LM.from_pretrained(tmp_path / "again" / "model").state_dict()
+    for name in changed:
+        module, attribute = name.rsplit(".", 1)
+        prefix = f"{module}.parametrizations.{attribute}"
+        merged = after[name] + 2.0 * trained[f"{prefix}.0.up"] @ trained[f"{prefix}.0.down"]
+        torch.testing.assert_close(twice[name], merged, msg=name)
+
 
 def test_a_translation_model_adapted_to_dialogue_embeds_as_its_adapters_alone(tmp_path, translation_dir, dialogue_dir,
                                                                              codec_dir, caplog):
