@@ -230,7 +230,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
 def export(model: LM, codec, tokenizer_path: Path, directory: Path, lora_base: Source | None = None) -> None:
     """A model repository: config.json, the weights, and beside them the codec and the tokenizer (codec.*,
     tokenizer.model). The weights are the model's own, adapters merged; or, for adapters on `lora_base`
-    (the source of the weights they adapt), as moshi-finetune writes them: the base weights file as it is
+    (the source of the weights they adapt), in moshi-finetune's layout: the base weights file as it is
     stored, the adapters in lora.safetensors, and `"lora": true` in config.json."""
     directory.mkdir(parents=True, exist_ok=True)
     saved = codec.save_pretrained(directory / "codec-tmp")
