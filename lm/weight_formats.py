@@ -130,6 +130,25 @@ def merge_lora(state: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor]
     return state
 
 
+_TABLE = re.compile(r"^(emb\.\d+|text_emb|depformer_emb\.\d+|depformer_text_emb)\.weight$")
+_FUSED = re.compile(r"^(.*\.(?:self_attn|cross_attention))\.(in_proj_weight|out_proj\.weight)$")
+
+
+def reference_linears(key: str, shape, depformer_sets: int) -> list[tuple[str, slice]]:
+    """A released weight (name, shape) -> the reference's Linears over it, the modules moshi-finetune puts
+    adapters on: (module name, its rows); none for an embedding table, a norm or a vector. An attention
+    weight is one Linear per weight set: `<attn>.in_projs.{i}`, `<attn>.out_projs.{i}`."""
+    if not key.endswith("weight") or len(shape) != 2 or _TABLE.match(key):
+        return []
+    match = _FUSED.match(key)
+    if match is None:
+        return [(key.removesuffix(".weight"), slice(None))]
+    sets = depformer_sets if key.startswith("depformer.") else 1
+    rows = shape[0] // sets
+    kind = "in_projs" if match.group(2) == "in_proj_weight" else "out_projs"
+    return [(f"{match.group(1)}.{kind}.{i}", slice(i * rows, (i + 1) * rows)) for i in range(sets)]
+
+
 def _base_weight(module: str) -> tuple[str, int | None]:
     """A reference Linear's name -> (the model weight it adapts, its weight set; None: all of it)."""
     match = _ATTENTION_STEP.match(module)

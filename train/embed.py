@@ -91,7 +91,7 @@ def embed_adapters(source: str, name: str, base: str, models: Path = MODELS) -> 
             or stored.quantize != base_stored.quantize):
         raise InputError(f"the adapters of {source} were trained on other weights than the embedded {base} "
                          f"model's: train them with --init embedded:{base}")
-    adapters = {k: v.half() for k, v in read_safetensors(where.fetch(stored.lora_name)).items()}
+    adapters = _nonzero_adapters(read_safetensors(where.fetch(stored.lora_name)))
     tokenizer = where.fetch(config.tokenizer_name).read_bytes()
     out = models / name
     shutil.rmtree(out, ignore_errors=True)
@@ -103,6 +103,14 @@ def embed_adapters(source: str, name: str, base: str, models: Path = MODELS) -> 
             "mimi_config_name": base_config.mimi_config_name, "lora_name": LORA_NAME}
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out / LORA_NAME
+
+
+def _nonzero_adapters(adapters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """In float16, without the pairs whose lora_B is zero (no update: a run's export holds one for every
+    Linear it did not adapt, for Kyutai's loader); other tensors kept."""
+    zero = {k.removesuffix(".lora_B.weight") for k, v in adapters.items() if k.endswith(".lora_B.weight") and not v.any()}
+    return {k: v.half() for k, v in adapters.items()
+            if not (k.endswith((".lora_A.weight", ".lora_B.weight")) and k.rsplit(".", 2)[0] in zero)}
 
 
 def _drop_adapters_of(name: str, models: Path) -> None:

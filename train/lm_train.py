@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from antiphon.checkpoint_io import read_safetensors
 from antiphon.errors import InputError
 from antiphon.lm import LM, LMConfig
 from antiphon.lm.checkpoint import Source, read_config
 from antiphon.lm.config import LORA_NAME
+from antiphon.lm.weight_formats import reference_linears
 from antiphon.train import lora, streams
 from antiphon.train.run_dir import RunDir, Training, warmup_cosine
 from antiphon.train.shards import iter_examples, read_manifest
@@ -255,8 +257,14 @@ def _save_adapters(model: LM, base: Source, directory: Path) -> None:
     weights = Path(base_config.moshi_name).name
     shutil.copy(base.fetch(base_config.moshi_name), directory / weights)
     adapters, scaling = lora.adapters(model)
-    save_file(adapters, str(directory / LORA_NAME))
     rank = next(iter(adapters.values())).shape[0]
+    # Kyutai's loader puts an adapter on every Linear and expects each in the file: zero ones where none trained
+    for key, tensor in read_safetensors(directory / weights).items():
+        for linear, rows in reference_linears(key, tensor.shape, model.config.depformer_weight_sets):
+            if f"{linear}.lora_A.weight" not in adapters:
+                adapters[f"{linear}.lora_A.weight"] = torch.zeros(rank, tensor.shape[1])
+                adapters[f"{linear}.lora_B.weight"] = torch.zeros(len(range(tensor.shape[0])[rows]), rank)
+    save_file(adapters, str(directory / LORA_NAME))
     dataclasses.replace(model.config, moshi_name=weights).save_json(directory / "config.json")
     config = json.loads((directory / "config.json").read_text())
     config |= {"quantize": stored.quantize, "lora": True, "lora_rank": rank, "lora_scaling": scaling,

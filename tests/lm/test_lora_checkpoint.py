@@ -14,31 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from antiphon.errors import CheckpointError
-from antiphon.lm import LM, LMConfig
+from antiphon.lm import LM
 from antiphon.lm.checkpoint import antiphon_to_released
+from antiphon.lm.weight_formats import reference_linears
 
 from .reference import make_reference_lm, reference_kwargs, save_reference_checkpoint
 from .tiny import FAMILIES, MOSHI, TTS, make_tiny_lm, random_codes
 
 RANK, SCALING = 3, 2.0
-_TABLE = re.compile(r"^(emb\.\d+|text_emb|depformer_emb\.\d+|depformer_text_emb)\.weight$")
-_ATTENTION = re.compile(r"^(.*\.self_attn)\.(in_proj_weight|out_proj\.weight)$")
-
-
-def reference_linears(key: str, tensor: torch.Tensor, config: LMConfig) -> list[tuple[str, slice]]:
-    """A released weight -> the reference's Linears over it: (module name, its rows); none for a
-    table or a norm. Attention weights are one Linear per weight set: `in_projs.{i}`, `out_projs.{i}`."""
-    if not key.endswith("weight") or tensor.dim() != 2 or _TABLE.match(key):
-        return []
-    match = _ATTENTION.match(key)
-    if match is None:
-        return [(key.removesuffix(".weight"), slice(None))]
-    sets = config.depformer_weight_sets if key.startswith("depformer.") else 1
-    rows = tensor.shape[0] // sets
-    kind = "in_projs" if match.group(2) == "in_proj_weight" else "out_projs"
-    return [(f"{match.group(1)}.{kind}.{i}", slice(i * rows, (i + 1) * rows)) for i in range(sets)]
-
-
 def write_lora(lm: LM, directory: Path, seed: int = 3, **config_keys) -> dict[str, torch.Tensor]:
     """Save `lm` as the base and random non-zero adapters on every Linear; returns the merged weights
     expected under released names."""
@@ -47,7 +30,7 @@ def write_lora(lm: LM, directory: Path, seed: int = 3, **config_keys) -> dict[st
     adapters, expected = {}, {}
     for key, weight in antiphon_to_released(lm).items():
         weight = weight.detach().clone()
-        for module, rows in reference_linears(key, weight, lm.config):
+        for module, rows in reference_linears(key, weight.shape, lm.config.depformer_weight_sets):
             a = (torch.rand(RANK, weight.shape[1], generator=g) * 2 - 1) / weight.shape[1] ** 0.5
             b = (torch.rand(weight[rows].shape[0], RANK, generator=g) * 2 - 1) / RANK ** 0.5
             adapters[f"{module}.lora_A.weight"], adapters[f"{module}.lora_B.weight"] = a, b

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from antiphon.errors import InputError
 from antiphon.lm import LM
+from antiphon.lm.weight_formats import reference_linears
 from antiphon.train import lora, streams
 from antiphon.train.codec_train import CodecRecipe, train_codec
 from antiphon.train.lm_train import LMRecipe, drop_text, init_weights, lm_loss, model_config, train_lm
-from tests.lm.test_lora_checkpoint import reference_linears
 from tests.streaming.tiny_pair import LetterTokenizer
 
 TINY = LMRecipe(size="tiny", steps=4, batch=2, seq_steps=24, warmup=10)
@@ -212,9 +212,13 @@ def test_a_lora_run_exports_the_base_weights_and_its_adapters_as_moshi_finetune_
         prefix = f"{module}.parametrizations.{attribute}"
         merged = trained[f"{prefix}.original"] + 2.0 * trained[f"{prefix}.0.up"] @ trained[f"{prefix}.0.down"]
         torch.testing.assert_close(after[name], merged, msg=name)
-    lm = LM.from_pretrained(out)  # the adapters are named as the reference's Linears are
-    linears = {m for k in changed for m, _ in reference_linears(k, after[k], lm.config)}
-    assert set(load_file(str(out / "lora.safetensors"))) == {f"{m}.lora_{x}.weight" for m in linears for x in "AB"}
+    # named as the reference's Linears are, one pair for each (zero where nothing was trained)
+    sets = LM.from_pretrained(out).config.depformer_weight_sets
+    stored = load_file(str(out / "lora.safetensors"))
+    every = {m for k, v in load_file(str(base / "model.safetensors")).items() for m, _ in reference_linears(k, v.shape, sets)}
+    assert set(stored) == {f"{m}.lora_{x}.weight" for m in every for x in "AB"}
+    trained_linears = {m for k in changed for m, _ in reference_linears(k, after[k].shape, 1)}
+    assert {k.rsplit(".", 2)[0] for k, v in stored.items() if k.endswith("lora_B.weight") and v.any()} == trained_linears
 
     # adapters on that model (itself adapters): one file holds one set, so the export merges both
     again = dataclasses.replace(recipe, init=str(out), seed=1)
@@ -243,6 +247,8 @@ def test_a_translation_model_adapted_to_dialogue_embeds_as_its_adapters_alone(tm
     adapters = embed_adapters(str(tmp_path / "d" / "model"), "dialogue", "translation", models)
     assert sorted(p.name for p in (models / "dialogue").iterdir()) == ["config.json", "lora.safetensors", "tokenizer.model"]
     assert adapters.stat().st_size < 0.2 * (models / "translation" / "model.safetensors").stat().st_size
+    kept = load_file(str(adapters))  # the zero adapters of the run's export left out
+    assert kept and all(v.dtype == torch.float16 and v.any() for k, v in kept.items() if k.endswith("lora_B.weight"))
     lm, trained = LM.from_pretrained(models / "dialogue"), LM.from_pretrained(tmp_path / "d" / "model")
     assert lm.config.model_type == "moshi" and lm.codec.config == trained.codec.config
     codes = torch.randint(0, lm.config.card, (1, 1 + lm.config.n_q, 6))
@@ -417,3 +423,34 @@ def test_the_translation_eval_ends_the_source_where_training_marks_its_end(tmp_p
         layout = streams.build("translation", LetterTokenizer(), [torch.zeros(k, steps, dtype=torch.long)] * 2,
                                [c.words for c in example.channels], 0, card)
         assert got == int((layout[1 + k] == card).nonzero()[0])
+
+
+@pytest.mark.reference
+def test_a_lora_runs_export_loads_in_the_reference_as_in_antiphon(tmp_path, dialogue_dir, codec_dir):
+    """Kyutai's loader (`get_moshi_lm(lora_weights=...)`) reads the exported adapters and gives the logits
+    antiphon gives."""
+    pytest.importorskip("moshi")
+    from moshi.models.loaders import get_moshi_lm
+    from moshi.utils.compile import no_compile
+
+    from tests.lm.reference import reference_kwargs
+
+    base = dataclasses.replace(TINY, task="dialogue", steps=1)
+    train_lm([dialogue_dir], tmp_path / "base", base, codec_dir, progress=False)
+    recipe = dataclasses.replace(base, steps=3, init=str(tmp_path / "base" / "model"), lora_rank=2, lr=0.2, warmup=1)
+    train_lm([dialogue_dir], tmp_path / "lora", recipe, None, progress=False)
+    out = tmp_path / "lora" / "model"
+    ours = LM.from_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    keys = {"lora": True, "lora_rank": config["lora_rank"], "lora_scaling": config["lora_scaling"]}
+    reference = get_moshi_lm(out / ours.config.moshi_name, lm_kwargs=reference_kwargs(ours.config) | keys,
+                             device="cpu", dtype=torch.float32, lora_weights=out / "lora.safetensors")
+    codes = torch.randint(0, ours.config.card, (2, 1 + ours.config.n_q, 8))
+    with torch.no_grad(), no_compile():
+        expected = reference(codes)
+    got = ours(codes)
+    torch.testing.assert_close(got.text_logits, expected.text_logits, atol=1e-4, rtol=0, equal_nan=True)
+    torch.testing.assert_close(got.logits, expected.logits.float(), atol=1e-4, rtol=0, equal_nan=True)
+    unadapted = LM.from_pretrained(tmp_path / "base" / "model")(codes).text_logits
+    assert (got.text_logits - unadapted).nan_to_num().abs().max() > 1e-4  # the adapters matter
+
