@@ -7,6 +7,7 @@ The audio I/O sits behind two tiny interfaces, so that `talk` runs with anything
   of the voice. `SoundDeviceMic` reads the microphone through sounddevice (PortAudio).
 - a `SpeakerSink` has `play(pcm)`, which queues float32 [T] at 24 kHz and returns at once.
   `SoundDeviceSpeaker` plays through sounddevice, out of a `JitterBuffer`.
+- `FileMic` and `WavSpeaker` are the same with audio files (--input, --output): no sound card needed.
 
 `talk` streams the mic blocks to the server with `ChatClient`, hands each PcmChunk to the sink and
 writes each TextPiece to the terminal as it arrives. It ends when the server closes, or, when the mic
@@ -26,12 +27,13 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Protocol, TextIO
 
 import numpy as np
 
 from antiphon.apps.help import Formatter
-from antiphon.errors import AntiphonError
+from antiphon.errors import AntiphonError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ BLOCK = 1920  # samples per mic block and per speaker callback: one 80 ms frame
 JITTER_SECONDS = 0.16  # audio queued before the speaker starts (and restarts after running dry)
 MAX_QUEUED_SECONDS = 1.0  # beyond this much queued audio, the oldest is dropped: latency stays bounded
 DRAIN_TIMEOUT = 2.0  # seconds to wait for the rest of the answer once the mic has ended
+TAIL_SECONDS = 3.0  # --input: silence sent after the file, for the answer to come
 
 
 class AudioDeviceError(AntiphonError):
@@ -70,7 +73,8 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                "  antiphon talk                                    # ws://127.0.0.1:8998, default devices\n"
                "  antiphon talk --url wss://example.org --api-key SECRET\n"
                "  antiphon talk --list-devices\n"
-               "  antiphon talk --input-device 2 --output-device headphones\n\n"
+               "  antiphon talk --input-device 2 --output-device headphones\n"
+               "  antiphon talk --input question.wav --output answer.wav   # no sound card\n\n"
                "A device is an index or a part of a name from --list-devices. The sound goes through "
                "sounddevice, which needs the PortAudio library (libportaudio2 on Debian and Ubuntu).")
     p.add_argument("--url", default=DEFAULT_URL, help=f"the server: ws://host:port or a full URL (default: {DEFAULT_URL})")
@@ -78,6 +82,11 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     p.add_argument("--input-device", metavar="D", help="microphone: index or part of a name (default: the system's)")
     p.add_argument("--output-device", metavar="D", help="speaker: index or part of a name (default: the system's)")
     p.add_argument("--list-devices", action="store_true", help="print the sound devices and exit")
+    p.add_argument("--input", metavar="FILE", help="speak an audio file instead of the microphone (sent at real-time "
+                   "pace, then --tail seconds of silence)")
+    p.add_argument("--tail", type=float, default=TAIL_SECONDS, metavar="S",
+                   help=f"with --input: seconds of silence after the file (default: {TAIL_SECONDS})")
+    p.add_argument("--output", metavar="FILE", help="write the model's voice to a WAV file instead of the speaker")
     p.set_defaults(run=run_talk)
 
 
@@ -87,8 +96,19 @@ def run_talk(args: argparse.Namespace) -> int:
     if args.list_devices:
         print(format_devices(load_sounddevice()))
         return 0
+    from antiphon.audio_io import read_audio
+
     chat_url(args.url)  # a bad URL fails before the sound card opens
-    mic, speaker = open_audio(args.input_device, args.output_device)
+    if args.tail < 0:
+        raise InputError(f"--tail is a number of seconds >= 0, got {args.tail}")
+    mic = FileMic(read_audio(args.input, SAMPLE_RATE, mono=True)[0], args.tail) if args.input else None
+    speaker = WavSpeaker(args.output) if args.output else None
+    if mic is None and speaker is None:
+        mic, speaker = open_audio(args.input_device, args.output_device)
+    elif mic is None:
+        mic = open_mic(args.input_device)
+    elif speaker is None:
+        speaker = open_speaker(args.output_device)
     try:
         with contextlib.closing(speaker):
             asyncio.run(talk(args.url, mic, speaker, api_key=args.api_key))
@@ -231,11 +251,54 @@ def pick_device(sd, spec: str | None, kind: str) -> int:
 
 def open_audio(input_device: str | None, output_device: str | None) -> tuple[SoundDeviceMic, SoundDeviceSpeaker]:
     """The microphone source and the speaker sink on the chosen devices (the speaker starts playing silence)."""
+    return open_mic(input_device), open_speaker(output_device)
+
+
+def open_mic(device: str | None) -> SoundDeviceMic:
     sd = load_sounddevice()
-    mic_index, speaker_index = pick_device(sd, input_device, "input"), pick_device(sd, output_device, "output")
-    logger.info("microphone: %s; speaker: %s", sd.query_devices()[mic_index]["name"],
-                sd.query_devices()[speaker_index]["name"])
-    return SoundDeviceMic(sd, mic_index), SoundDeviceSpeaker(sd, speaker_index)
+    index = pick_device(sd, device, "input")
+    logger.info("microphone: %s", sd.query_devices()[index]["name"])
+    return SoundDeviceMic(sd, index)
+
+
+def open_speaker(device: str | None) -> SoundDeviceSpeaker:
+    sd = load_sounddevice()
+    index = pick_device(sd, device, "output")
+    logger.info("speaker: %s", sd.query_devices()[index]["name"])
+    return SoundDeviceSpeaker(sd, index)
+
+
+class FileMic:
+    """An audio file as a MicSource: its 80 ms blocks at real-time pace (the last one padded with zeros), then
+    `tail_s` of silence, in which the model answers what it heard last."""
+
+    def __init__(self, pcm: np.ndarray, tail_s: float = TAIL_SECONDS, pace_s: float = BLOCK / SAMPLE_RATE):
+        blocks = -(-pcm.size // BLOCK) + round(tail_s * SAMPLE_RATE / BLOCK)
+        self.pcm = np.zeros(blocks * BLOCK, np.float32)
+        self.pcm[:pcm.size] = pcm
+        self.pace_s = pace_s
+
+    async def __aiter__(self) -> AsyncIterator[np.ndarray]:
+        for start in range(0, self.pcm.size, BLOCK):
+            yield self.pcm[start:start + BLOCK]
+            await asyncio.sleep(self.pace_s)
+
+
+class WavSpeaker:
+    """A SpeakerSink that keeps what it is given and writes it to a WAV file (24 kHz) when closed."""
+
+    def __init__(self, path: str):
+        if not Path(path).parent.is_dir():
+            raise InputError(f"cannot write {path}: no such folder {Path(path).parent}")
+        self.path, self.chunks = path, []
+
+    def play(self, pcm: np.ndarray) -> None:
+        self.chunks.append(pcm)
+
+    def close(self) -> None:
+        from antiphon.audio_io import write_wav
+
+        write_wav(self.path, np.concatenate(self.chunks or [np.zeros(0, np.float32)])[None], SAMPLE_RATE)
 
 
 class JitterBuffer:

@@ -4,6 +4,7 @@ speaker; the sound-device layer against a fake sounddevice module; the CLI's err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import sys
 import threading
@@ -13,10 +14,13 @@ import numpy as np
 import pytest
 from antiphon.apps import talk_cmd
 from antiphon.apps.cli import main
-from antiphon.apps.talk_cmd import BLOCK, JitterBuffer, SoundDeviceMic, SoundDeviceSpeaker, talk
+from antiphon.apps.talk_cmd import BLOCK, FileMic, JitterBuffer, SoundDeviceMic, SoundDeviceSpeaker, talk
+from antiphon.audio_io import read_audio, write_wav
 
 from tests.streaming.test_server_chat import TICK, running
 from tests.streaming.tiny_pair import make_pair
+
+SAMPLE = "demos/sample.wav"
 
 
 class FakeMic:
@@ -218,6 +222,70 @@ def test_cli_server_errors_and_ctrl_c(capsys, monkeypatch, fake_audio):
     monkeypatch.setattr(talk_cmd, "talk", interrupted)
     assert main(["talk"]) == 0  # Ctrl-C: a clean end
     assert fake_audio["speaker"].closed
+
+
+# ---------------------------------------------------------------------------------------- audio files
+def test_file_mic_sends_the_file_in_blocks_then_the_tail_of_silence():
+    pcm = np.linspace(-0.5, 0.5, 2 * BLOCK + 100, dtype=np.float32)
+
+    async def blocks():
+        return [b async for b in FileMic(pcm, tail_s=0.16, pace_s=0)]
+
+    got = asyncio.run(blocks())
+    assert len(got) == 3 + 2 and all(b.shape == (BLOCK,) and b.dtype == np.float32 for b in got)
+    sent = np.concatenate(got)
+    assert np.array_equal(sent[:pcm.size], pcm) and not sent[pcm.size:].any()  # padded, then silence
+
+
+@contextlib.contextmanager
+def chat_server(pair):
+    """The real /api/chat server over `pair` on its own thread and loop; yields its URL."""
+    ready, stop, url = threading.Event(), None, []
+
+    async def serve():
+        nonlocal stop
+        stop = asyncio.Event()
+        async with running(pair) as (_, u):
+            url.append(u)
+            ready.set()
+            await stop.wait()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    try:
+        yield url[0]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+
+def test_cli_talks_from_a_file_into_a_file_without_a_sound_card(capsys, tmp_path, monkeypatch, pair):
+    def no_sound_card(*args):
+        raise AssertionError("a sound device was opened")
+
+    for opener in ("open_audio", "open_mic", "open_speaker"):
+        monkeypatch.setattr(talk_cmd, opener, no_sound_card)
+    question, answer = tmp_path / "question.wav", tmp_path / "answer.wav"
+    write_wav(question, (0.3 * np.sin(np.arange(12000) / 10)).astype(np.float32), 24000)  # 0.5 s
+    with chat_server(pair) as url:
+        assert main(["talk", "--url", url, "--input", str(question), "--output", str(answer), "--tail", "0.24"]) == 0
+    sent = 7 + 3  # ceil(12000 / 1920) blocks of the file, 0.24 s of silence
+    # an 80 ms frame of answer for each frame sent, and for each tick that found none (this test server
+    # ticks every 40 ms, the file goes at real-time pace: 80 ms a block)
+    played = read_audio(answer).shape[-1]
+    assert played >= sent * BLOCK and played % BLOCK == 0
+    assert capsys.readouterr().out.strip()  # its words, printed
+
+
+def test_cli_file_errors(capsys, tmp_path, fake_audio):
+    assert main(["talk", "--input", str(tmp_path / "missing.wav"), "--output", str(tmp_path / "a.wav")]) == 2
+    assert "audio file not found" in _error(capsys)
+    assert main(["talk", "--input", SAMPLE, "--output", str(tmp_path / "no" / "a.wav")]) == 2
+    assert "no such folder" in _error(capsys)
+    assert main(["talk", "--input", SAMPLE, "--tail", "-1"]) == 2
+    assert "--tail" in _error(capsys) and not fake_audio  # before any device opens
 
 
 # ---------------------------------------------------------------------------------------- sound-device layer
