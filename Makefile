@@ -45,12 +45,18 @@ test-all: system setup reference
 serve: setup
 	$(BIN)/antiphon serve --model $(MODEL)
 
-## demo: the embedded models at work: speak a question, transcribe it, a codec round trip of the bundled sample, translate the question
+## demo: the embedded models at work: speak a question, transcribe it, a codec round trip of the bundled sample, translate the question,
+## and talk to the dialogue model through a server with the sample as the voice (demo-answer.wav)
 demo: setup
 	$(BIN)/antiphon speak "What is the capital of Italy?" -o demo-question.wav
 	$(BIN)/antiphon transcribe demo-question.wav
 	$(BIN)/antiphon codec roundtrip demos/sample.wav sample-roundtrip.wav
 	$(BIN)/antiphon translate demo-question.wav -o demo-question-fr.wav
+	@$(BIN)/antiphon serve --model embedded:dialogue --port 8999 & server=$$!; \
+	until $(BIN)/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8999/api/health')" 2>/dev/null; do \
+		kill -0 $$server 2>/dev/null || exit 1; sleep 0.5; done; \
+	$(BIN)/antiphon talk --url ws://127.0.0.1:8999 --input demos/sample.wav --output demo-answer.wav; status=$$?; \
+	kill $$server; exit $$status
 
 ## models: retrain the embedded models from scratch with the recipe (hours on 2 CPU cores; resumable: run again after a stop)
 models: system setup
