@@ -4,7 +4,6 @@ speaker; the sound-device layer against a fake sounddevice module; the CLI's err
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import sys
 import threading
@@ -17,6 +16,7 @@ from antiphon.apps.cli import main
 from antiphon.apps.talk_cmd import BLOCK, FileMic, JitterBuffer, SoundDeviceMic, SoundDeviceSpeaker, talk
 from antiphon.audio_io import read_audio, write_wav
 
+from tests.streaming.server_thread import server_thread
 from tests.streaming.test_server_chat import TICK, running
 from tests.streaming.tiny_pair import make_pair
 
@@ -237,30 +237,6 @@ def test_file_mic_sends_the_file_in_blocks_then_the_tail_of_silence():
     assert np.array_equal(sent[:pcm.size], pcm) and not sent[pcm.size:].any()  # padded, then silence
 
 
-@contextlib.contextmanager
-def chat_server(pair):
-    """The real /api/chat server over `pair` on its own thread and loop; yields its URL."""
-    ready, stop, url = threading.Event(), None, []
-
-    async def serve():
-        nonlocal stop
-        stop = asyncio.Event()
-        async with running(pair) as (_, u):
-            url.append(u)
-            ready.set()
-            await stop.wait()
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield url[0]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
-
-
 def test_cli_talks_from_a_file_into_a_file_without_a_sound_card(capsys, tmp_path, monkeypatch, pair):
     def no_sound_card(*args):
         raise AssertionError("a sound device was opened")
@@ -269,7 +245,7 @@ def test_cli_talks_from_a_file_into_a_file_without_a_sound_card(capsys, tmp_path
         monkeypatch.setattr(talk_cmd, opener, no_sound_card)
     question, answer = tmp_path / "question.wav", tmp_path / "answer.wav"
     write_wav(question, (0.3 * np.sin(np.arange(12000) / 10)).astype(np.float32), 24000)  # 0.5 s
-    with chat_server(pair) as url:
+    with server_thread(running(pair)) as url:
         assert main(["talk", "--url", url, "--input", str(question), "--output", str(answer), "--tail", "0.24"]) == 0
     sent = 7 + 3  # ceil(12000 / 1920) blocks of the file, 0.24 s of silence
     # an 80 ms frame of answer for each frame sent, and for each tick that found none (this test server

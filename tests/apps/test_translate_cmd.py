@@ -5,10 +5,8 @@ server on a thread of its own."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import threading
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ from antiphon.audio_io import read_audio, write_wav
 from antiphon.lm import LM
 from tests.apps.test_transcribe_speak import CODEC_FILES, STT_PAIR, save_model
 from tests.lm.tiny import HIBIKI
+from tests.streaming.server_thread import server_thread
 from tests.streaming.test_server_tasks import AlwaysEos, running
 
 HIBIKI_PAIR = dataclasses.replace(HIBIKI, card=64, tokenizer_name="tok.model", **CODEC_FILES)
@@ -115,30 +114,13 @@ def test_translate_errors(capsys, tmp_path, hibiki_dir, speech):
     assert "bad server URL" in capsys.readouterr().err
 
 
-@contextlib.contextmanager
 def translation_server(always_eos: bool):
-    """A tiny translation server on its own thread and loop; yields its port."""
-    ready, stop, port = threading.Event(), None, []
+    """A tiny translation server on its own thread and loop (server_thread); yields its port."""
+    def prepare(server):
+        if always_eos:
+            server.engine.lm.text_linear = AlwaysEos(server.engine.lm.text_linear.weight.shape[0])
 
-    async def serve():
-        nonlocal stop
-        stop = asyncio.Event()
-        async with running("translation") as (server, p):
-            if always_eos:
-                server.engine.lm.text_linear = AlwaysEos(server.engine.lm.text_linear.weight.shape[0])
-            port.append(p)
-            ready.set()
-            await stop.wait()
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield port[0]
-    finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(30)
+    return server_thread(running("translation"), prepare)
 
 
 def test_translate_through_a_server_ends_when_the_server_closes(capsys, tmp_path, speech):
