@@ -5,14 +5,11 @@ them as moshi-finetune stores them, for a checkpoint that is the base weights pl
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-
-_ATTENTION_OUT = re.compile(r"^(.*\.(?:self_attn|cross_attention))\.out_proj$")
+from antiphon.lm.weight_formats import reference_linears
 
 
 class LowRankDelta(nn.Module):
@@ -58,9 +55,7 @@ def adapters(model: nn.Module) -> tuple[dict[str, torch.Tensor], float]:
             continue
         for name, chain in module.parametrizations.items():
             delta = chain[0]
-            linear = _ATTENTION_OUT.sub(r"\1.out_projs.0", module_name)
-            if name == "in_proj_weight":
-                linear = f"{module_name}.in_projs.0"
+            [(linear, _)] = reference_linears(f"{module_name}.{name}", (delta.up.shape[0], delta.down.shape[1]), 1)
             out[f"{linear}.lora_A.weight"] = delta.down.detach().clone()
             out[f"{linear}.lora_B.weight"] = delta.up.detach().clone()
             scales.add(delta.scale)
