@@ -265,11 +265,10 @@ def _save_adapters(model: LM, base: Source, directory: Path) -> None:
                 adapters[f"{linear}.lora_A.weight"] = torch.zeros(rank, tensor.shape[1])
                 adapters[f"{linear}.lora_B.weight"] = torch.zeros(len(range(tensor.shape[0])[rows]), rank)
     save_file(adapters, str(directory / LORA_NAME))
-    dataclasses.replace(model.config, moshi_name=weights).save_json(directory / "config.json")
-    config = json.loads((directory / "config.json").read_text())
+    config = dataclasses.replace(model.config, moshi_name=weights).to_kyutai()
     config |= {"quantize": stored.quantize, "lora": True, "lora_rank": rank, "lora_scaling": scaling,
                "lora_name": LORA_NAME}
-    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _published(recipe: LMRecipe):
