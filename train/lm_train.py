@@ -187,8 +187,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
             codes = [c.long() for c in item["codes"]]
             if recipe.task in ("translation", "dialogue") and len(codes) < 2:
                 raise InputError(f"{data_dir}: {recipe.task} needs two-channel examples")
-            sequences.append(streams.build(recipe.task, sp, codes, item["words"], delay, codec.cardinality,
-                                           silence))
+            sequences += streams.sequences(recipe.task, sp, codes, item["words"], delay, codec.cardinality, silence)
     logger.info("%d training sequences from %s", len(sequences), ", ".join(data_dirs))
     model.train()
 

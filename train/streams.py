@@ -1,9 +1,10 @@
 """Training sequences in the multistream layout each task's front-end reads (lm/tasks.py), in natural
 time alignment ([1 + n_q, T]: the text row, then audio rows; the LM applies its own delays):
 
-- stt: text = the words of the speech, each WORD marker `text_delay` steps after its audio start;
-  audio rows = the speech's codes (input), then `text_delay + STT_TAIL_STEPS` steps of the codec's
-  silence codes, as the transcriber feeds after the audio, so that the last word's delayed text fits.
+- stt: one sequence per channel (each is one speaker's speech). text = the words of the speech, each
+  WORD marker `text_delay` steps after its audio start; audio rows = the speech's codes (input), then
+  `text_delay + STT_TAIL_STEPS` steps of the codec's silence codes, as the transcriber feeds after
+  the audio, so that the last word's delayed text fits.
 - tts: text = the words at their audio start (the padding machine's rules: `initial_padding` first,
   `padding_between + len(tokens) - 1` forced steps after a WORD marker, its tokens' steps among them);
   audio rows = the speech's codes (output) `audio_delay` steps behind, the zero token (-1) before.
@@ -81,6 +82,16 @@ def build(task: str, tokenizer, codes: list[torch.Tensor], words: list[list], de
                 text[eos] = EOS
         return torch.cat([text[None], codes[0], source])
     raise ValueError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+
+
+def sequences(task: str, tokenizer, codes: list[torch.Tensor], words: list[list], delay_steps: int,
+              card: int = 2048, silence: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """One example's training sequences (`build`'s arguments): for stt, one per channel, since every
+    channel is one speaker's speech with its words (a translation's two sides, a dialogue's two
+    speakers); for the other tasks, the example's one sequence."""
+    if task == "stt":
+        return [build(task, tokenizer, [c], [w], delay_steps, card, silence) for c, w in zip(codes, words)]
+    return [build(task, tokenizer, codes, words, delay_steps, card, silence)]
 
 
 def crop_batch(sequences: list[torch.Tensor], steps: int, rng) -> torch.Tensor:

@@ -117,6 +117,24 @@ def test_two_channel_layout_puts_the_output_speaker_first():
     assert seq.shape == (5, 5) and (seq[1:3] == 0).all() and (seq[3:] == 1).all()
 
 
+def test_stt_learns_from_every_channel_and_the_two_channel_tasks_from_the_pair():
+    first, second = torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
+    words = [[("ab", 0.0, 0.1)], [("cd", 0.1, 0.2)]]
+    silence = torch.tensor([7, 9])
+    stt = streams.sequences("stt", LetterTokenizer(), [first, second], words, 1, silence=silence)
+    for seq, codes, said in zip(stt, [first, second], words, strict=True):
+        assert torch.equal(seq, streams.build("stt", LetterTokenizer(), [codes], [said], 1, silence=silence))
+    pair = streams.sequences("translation", LetterTokenizer(), [first, second], words, 0)
+    assert len(pair) == 1 and torch.equal(pair[0], streams.build("translation", LetterTokenizer(), [first, second],
+                                                                 words, 0))
+
+
+def test_an_stt_run_reads_both_sides_of_translation_pairs(tmp_path, translation_dir, codec_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="antiphon.train.lm_train"):
+        train_lm([translation_dir], tmp_path, dataclasses.replace(TINY, steps=1), codec_dir, progress=False)
+    assert f"6 training sequences from {translation_dir}" in caplog.text  # 3 pairs, two speakers each
+
+
 def test_crop_pads_short_sequences_with_the_zero_token():
     seqs = [torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 30, dtype=torch.long)]
     batch = streams.crop_batch(seqs, 10, np.random.default_rng(0))
