@@ -10,8 +10,10 @@
 # embedded in int8, the STT in float16 (the size budget holds the four models that way; MODELS.md). The
 # dialogue model is the embedded translation model with low-rank adapters trained on dialogues
 # (--init embedded:translation --lora-rank), embedded as its adapters alone (--lora-of translation).
+# The STT has a third stage: fine-tuned again on new word-list data plus both speakers of the
+# translation pairs and the dialogues (an stt run reads every channel of a two-channel dataset).
 # Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, DECODER_STEPS, STT_STEPS, STT2_STEPS,
-# TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
+# STT3_STEPS, TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
@@ -24,7 +26,8 @@ TTS_STEPS=${TTS_STEPS:-8000}
 STT2_STEPS=${STT2_STEPS:-8000}
 TTS2_STEPS=${TTS2_STEPS:-5000}
 TRANSLATION_STEPS=${TRANSLATION_STEPS:-11000}
-DIALOGUE_STEPS=${DIALOGUE_STEPS:-4000}
+STT3_STEPS=${STT3_STEPS:-20000}
+DIALOGUE_STEPS=${DIALOGUE_STEPS:-5500}
 
 dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
   local out="$DATA/$1"; shift
@@ -40,6 +43,7 @@ dataset asr-eval --kind asr --count 150 --split eval --seed 0
 dataset asr2 --kind asr --count 16000 --seed 20
 dataset tts-slt2 --kind tts --backends flite/slt --count 3000 --seed 21
 dataset asr3 --kind asr --count 16000 --seed 30 --word-lists 0.5
+dataset asr4 --kind asr --count 16000 --seed 40 --word-lists 0.5
 dataset tts-slt3 --kind tts --backends flite/slt --count 24000 --seed 31 --word-lists 0.25
 dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --seed 1
 dataset translation2 --kind translation --count 8000 --seed 40
@@ -58,6 +62,9 @@ dataset dialogue-eval --kind dialogue --count 100 --split eval --seed 0
 "$ANTIPHON" train lm --task stt "$DATA/asr2" "$DATA/asr3" --init "$RUNS/stt/model" --out "$RUNS/stt2" \
     --steps "$STT2_STEPS" --lr 1e-3 --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" \
     --eval-count 60
+"$ANTIPHON" train lm --task stt "$DATA/asr4" "$DATA/translation2" "$DATA/translation3" "$DATA/dialogue2" \
+    --init "$RUNS/stt2/model" --out "$RUNS/stt3" --steps "$STT3_STEPS" --lr 1e-3 --text-dropout 0.5 \
+    --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" --eval-count 60
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
     --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" "$DATA/tts-slt3" --init "$RUNS/tts/model" --out "$RUNS/tts2" \
@@ -67,7 +74,7 @@ dataset dialogue-eval --kind dialogue --count 100 --split eval --seed 0
     --eval "$DATA/translation-eval" --eval-count 50
 
 "$ANTIPHON" train embed codec "$RUNS/codec-dec/model"
-"$ANTIPHON" train embed stt "$RUNS/stt2/model"
+"$ANTIPHON" train embed stt "$RUNS/stt3/model"
 "$ANTIPHON" train embed tts "$RUNS/tts2/model" --int8
 "$ANTIPHON" train embed translation "$RUNS/translation/model" --int8
 "$ANTIPHON" train lm --task dialogue "$DATA/dialogue2" --init embedded:translation --lora-rank 32 \
