@@ -6,12 +6,10 @@ bench audio, its per-frame seconds, and how its codes agree with antiphon's, sav
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import torch
-from moshi.models import loaders
+from harness import load_mimi, parse, reply, sessions
 
 from antiphon.apps.bench_codec import bench_audio, time_frames
 from antiphon.codec.checkpoint import config_beside
@@ -24,25 +22,16 @@ def main() -> None:
     p.add_argument("--warmup", type=int, required=True)
     p.add_argument("--batch", type=int, required=True)
     p.add_argument("--num-codebooks", type=int, required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, required=True)
     p.add_argument("--codes", type=Path, required=True, help="where antiphon leaves its codes before each session")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config = config_beside(args.weights)
-    mimi = loaders.get_mimi(args.weights, config.to_kyutai(), device=device, num_codebooks=args.num_codebooks)
-    wav = bench_audio(args.batch, args.frames + args.warmup, config.frame_size).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(json.dumps({"implementation": "moshi " + __import__("moshi").__version__}), flush=True)
-    for command in sys.stdin:
-        if command.strip() != "session":
-            continue
+    args, device, sync = parse(p)
+    mimi = load_mimi(args.weights, device, args.num_codebooks)
+    frame_size = config_beside(args.weights).frame_size
+    wav = bench_audio(args.batch, args.frames + args.warmup, frame_size).to(device)
+    for _ in sessions():
         with torch.no_grad(), mimi.streaming(args.batch):
-            seconds, codes = time_frames(mimi.encode, mimi.decode, wav, config.frame_size, args.warmup, sync)
+            seconds, codes = time_frames(mimi.encode, mimi.decode, wav, frame_size, args.warmup, sync)
         theirs = torch.load(args.codes)
-        agreement = (theirs == codes.cpu()).float().mean().item()
-        print(json.dumps({"seconds": seconds, "codes_agreement": round(agreement, 5)}), flush=True)
+        reply({"seconds": seconds, "codes_agreement": round((theirs == codes.cpu()).float().mean().item(), 5)})
 
 
 if __name__ == "__main__":

@@ -9,25 +9,18 @@ per-tick seconds, or {"seconds": [], "error": "out of memory"}."""
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from harness import load_lm, load_mimi, parse, reply, sessions
+from moshi.models.lm import LMGen
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for tests.lm.reference
-
-from moshi.models import loaders  # noqa: E402
-from moshi.models.lm import LMGen  # noqa: E402
-
-from antiphon.apps.bench_density import DTYPES, sampling_for  # noqa: E402
-from antiphon.apps.bench_serve import bench_frames  # noqa: E402
-from antiphon.codec.checkpoint import config_beside  # noqa: E402
-from antiphon.lm import LMConfig  # noqa: E402
-from antiphon.streaming.tasks import task_of  # noqa: E402
-from tests.lm.reference import reference_conditions, reference_kwargs  # noqa: E402
+from antiphon.apps.bench_density import DTYPES, sampling_for
+from antiphon.apps.bench_serve import bench_frames
+from antiphon.streaming.tasks import task_of
+from tests.lm.reference import reference_conditions
 
 
 def serve(model, mimi, config, slots: int, frames: torch.Tensor, warmup: int, decode: bool, sync) -> list[float]:
@@ -60,30 +53,20 @@ def main() -> None:
     p.add_argument("--slots", required=True, help="session counts, one per `session` command, in order")
     p.add_argument("--ticks", type=int, required=True)
     p.add_argument("--warmup", type=int, required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, required=True)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config = LMConfig.from_json(args.checkpoint / "config.json")
-    model = loaders.get_moshi_lm(args.checkpoint / config.moshi_name, lm_kwargs=reference_kwargs(config),
-                                 device=device, dtype=DTYPES[args.dtype])
-    mimi = loaders.get_mimi(args.weights, config_beside(args.weights).to_kyutai(), device=device,
-                            num_codebooks=config.codec_num_codebooks)
+    args, device, sync = parse(p)
+    config, model = load_lm(args.checkpoint, device, DTYPES[args.dtype])
+    mimi = load_mimi(args.weights, device, config.codec_num_codebooks)
     frames = torch.from_numpy(bench_frames(args.warmup + args.ticks)).to(device)[:, None, None, :]  # [F, 1, 1, 1920]
     decode = task_of(SimpleNamespace(config=config)) != "stt"
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     counts = [int(n) for n in args.slots.split(",")]
-    print(json.dumps({"implementation": "moshi " + __import__("moshi").__version__}), flush=True)
-    for command in sys.stdin:
-        if command.strip() != "session" or not counts:
+    for _ in sessions():
+        if not counts:
             continue
         try:
-            reply = {"seconds": serve(model, mimi, config, counts.pop(0), frames, args.warmup, decode, sync)}
+            reply({"seconds": serve(model, mimi, config, counts.pop(0), frames, args.warmup, decode, sync)})
         except torch.OutOfMemoryError:
-            reply = {"seconds": [], "error": "out of memory"}
+            reply({"seconds": [], "error": "out of memory"})
             torch.cuda.empty_cache()
-        print(json.dumps(reply), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,22 +7,14 @@ JSON line when ready, then one per `session` line read on stdin (a fresh session
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
 import torch
+from harness import load_lm, load_mimi, parse, reply, sessions
+from moshi.models.lm import LMGen
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository, for tests.lm.reference
-
-from moshi.models import loaders  # noqa: E402
-from moshi.models.lm import LMGen  # noqa: E402
-
-from antiphon.apps.bench_serve import SAMPLING, bench_frames  # noqa: E402
-from antiphon.codec.checkpoint import config_beside  # noqa: E402
-from antiphon.lm import LMConfig  # noqa: E402
-from tests.lm.reference import reference_kwargs  # noqa: E402
+from antiphon.apps.bench_serve import SAMPLING, bench_frames
 
 
 def main() -> None:
@@ -31,23 +23,11 @@ def main() -> None:
     p.add_argument("--weights", type=Path, required=True)
     p.add_argument("--frames", type=int, required=True)
     p.add_argument("--warmup", type=int, required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, required=True)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config = LMConfig.from_json(args.checkpoint / "config.json")
-    model = loaders.get_moshi_lm(args.checkpoint / config.moshi_name, lm_kwargs=reference_kwargs(config),
-                                 device=device, dtype=torch.float32)
-    codec_config = config_beside(args.weights)
-    mimi = loaders.get_mimi(args.weights, codec_config.to_kyutai(), device=device,
-                            num_codebooks=config.n_q - config.dep_q)
+    args, device, sync = parse(p)
+    config, model = load_lm(args.checkpoint, device)
+    mimi = load_mimi(args.weights, device, config.n_q - config.dep_q)
     frames = torch.from_numpy(bench_frames(args.warmup + args.frames)).to(device)[:, None, None, :]  # [F, 1, 1, 1920]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(json.dumps({"implementation": "moshi " + __import__("moshi").__version__}), flush=True)
-    for command in sys.stdin:
-        if command.strip() != "session":
-            continue
+    for _ in sessions():
         generator = LMGen(model, temp=SAMPLING["temp"], temp_text=SAMPLING["temp_text"], top_k=SAMPLING["top_k"],
                           top_k_text=SAMPLING["top_k_text"])
         seconds = []
@@ -63,7 +43,7 @@ def main() -> None:
                 sync()
                 if i >= args.warmup:
                     seconds.append(time.perf_counter() - start)
-        print(json.dumps({"seconds": seconds}), flush=True)
+        reply({"seconds": seconds})
 
 
 if __name__ == "__main__":
