@@ -6,7 +6,7 @@
 # run (--init) on its data plus a second dataset with word lists (docs/DATA.md). The codec's decoder
 # is then fine-tuned on more audio with its encoder and codebooks frozen: the codes the language
 # models read and write are unchanged, their speech gets the better decoder. The translation model starts
-# from the finished STT model (--from-stt: its listening half). The TTS and translation models are
+# from the second-stage STT model (--from-stt: its listening half). The TTS and translation models are
 # embedded in int8, the STT in float16 (the size budget holds the four models that way; MODELS.md). The
 # dialogue model is the embedded translation model with low-rank adapters trained on dialogues
 # (--init embedded:translation --lora-rank), embedded as its adapters alone (--lora-of translation).

@@ -51,7 +51,7 @@ def test_every_model_a_step_reads_was_made_before_it(tmp_path):
     assert embedded == {"codec": f"{runs}/codec-dec/model", "stt": f"{runs}/stt3/model", "tts": f"{runs}/tts2/model",
                         "translation": f"{runs}/translation/model", "dialogue": f"{runs}/dialogue/model"}
     translation = next(c for c in commands if "--task translation" in c)
-    assert f"--from-stt {runs}/stt2/model" in translation  # it starts from the embedded STT
+    assert f"--from-stt {runs}/stt2/model" in translation  # it starts from the STT's second stage (MODELS.md)
     int8 = {c.split()[2] for c in commands if c.startswith("train embed") and c.endswith(" --int8")}
     assert int8 == {"tts", "translation"}  # the budget holds the models so (MODELS.md)
     dialogue = next(c for c in commands if "--task dialogue" in c)
