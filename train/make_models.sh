@@ -11,10 +11,10 @@
 # dialogue model is the embedded translation model with low-rank adapters trained on dialogues
 # (--init embedded:translation --lora-rank), embedded as its adapters alone (--lora-of translation).
 # The STT has a third stage: fine-tuned again on new word-list data plus both speakers of the
-# translation pairs and the dialogues (an stt run reads every channel of a two-channel dataset), and a
-# fourth on the same plus fresh translation pairs and dialogues (new speakers).
+# translation pairs and the dialogues (an stt run reads every channel of a two-channel dataset), then
+# twice more on the same plus fresh translation pairs, dialogues and utterances (new speakers).
 # Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, DECODER_STEPS, STT_STEPS, STT2_STEPS,
-# STT3_STEPS, STT4_STEPS, TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
+# STT3_STEPS, STT4_STEPS, STT5_STEPS, TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
@@ -29,6 +29,7 @@ TTS2_STEPS=${TTS2_STEPS:-5000}
 TRANSLATION_STEPS=${TRANSLATION_STEPS:-11000}
 STT3_STEPS=${STT3_STEPS:-20000}
 STT4_STEPS=${STT4_STEPS:-20000}
+STT5_STEPS=${STT5_STEPS:-20000}
 DIALOGUE_STEPS=${DIALOGUE_STEPS:-5500}
 
 dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
@@ -46,11 +47,13 @@ dataset asr2 --kind asr --count 16000 --seed 20
 dataset tts-slt2 --kind tts --backends flite/slt --count 3000 --seed 21
 dataset asr3 --kind asr --count 16000 --seed 30 --word-lists 0.5
 dataset asr4 --kind asr --count 16000 --seed 40 --word-lists 0.5
+dataset asr5 --kind asr --count 16000 --seed 60 --word-lists 0.5
 dataset tts-slt3 --kind tts --backends flite/slt --count 24000 --seed 31 --word-lists 0.25
 dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --seed 1
 dataset translation2 --kind translation --count 8000 --seed 40
 dataset translation3 --kind translation --count 8000 --seed 41
 dataset translation4 --kind translation --count 8000 --seed 42
+dataset translation5 --kind translation --count 8000 --seed 43
 dataset translation-eval --kind translation --count 100 --split eval --seed 0
 dataset dialogue2 --kind dialogue --count 6000 --seed 50
 dataset dialogue3 --kind dialogue --count 6000 --seed 51
@@ -72,6 +75,10 @@ dataset dialogue-eval --kind dialogue --count 100 --split eval --seed 0
 "$ANTIPHON" train lm --task stt "$DATA/asr4" "$DATA/translation2" "$DATA/translation3" "$DATA/dialogue2" \
     "$DATA/translation4" "$DATA/dialogue3" --init "$RUNS/stt3/model" --out "$RUNS/stt4" --steps "$STT4_STEPS" \
     --lr 1e-3 --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" --eval-count 60
+"$ANTIPHON" train lm --task stt "$DATA/asr4" "$DATA/asr5" "$DATA/translation2" "$DATA/translation3" \
+    "$DATA/translation4" "$DATA/translation5" "$DATA/dialogue2" "$DATA/dialogue3" --init "$RUNS/stt4/model" \
+    --out "$RUNS/stt5" --steps "$STT5_STEPS" --lr 1e-3 --text-dropout 0.5 \
+    --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" --eval-count 60
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
     --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" "$DATA/tts-slt3" --init "$RUNS/tts/model" --out "$RUNS/tts2" \
@@ -81,7 +88,7 @@ dataset dialogue-eval --kind dialogue --count 100 --split eval --seed 0
     --eval "$DATA/translation-eval" --eval-count 50
 
 "$ANTIPHON" train embed codec "$RUNS/codec-dec/model"
-"$ANTIPHON" train embed stt "$RUNS/stt4/model"
+"$ANTIPHON" train embed stt "$RUNS/stt5/model"
 "$ANTIPHON" train embed tts "$RUNS/tts2/model" --int8
 "$ANTIPHON" train embed translation "$RUNS/translation/model" --int8
 "$ANTIPHON" train lm --task dialogue "$DATA/dialogue2" --init embedded:translation --lora-rank 32 \
