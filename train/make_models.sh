@@ -69,16 +69,15 @@ dataset dialogue-eval --kind dialogue --count 100 --split eval --seed 0
 "$ANTIPHON" train lm --task stt "$DATA/asr2" "$DATA/asr3" --init "$RUNS/stt/model" --out "$RUNS/stt2" \
     --steps "$STT2_STEPS" --lr 1e-3 --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" \
     --eval-count 60
-"$ANTIPHON" train lm --task stt "$DATA/asr4" "$DATA/translation2" "$DATA/translation3" "$DATA/dialogue2" \
-    --init "$RUNS/stt2/model" --out "$RUNS/stt3" --steps "$STT3_STEPS" --lr 1e-3 --text-dropout 0.5 \
-    --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" --eval-count 60
-"$ANTIPHON" train lm --task stt "$DATA/asr4" "$DATA/translation2" "$DATA/translation3" "$DATA/dialogue2" \
-    "$DATA/translation4" "$DATA/dialogue3" --init "$RUNS/stt3/model" --out "$RUNS/stt4" --steps "$STT4_STEPS" \
-    --lr 1e-3 --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" --eval-count 60
-"$ANTIPHON" train lm --task stt "$DATA/asr4" "$DATA/asr5" "$DATA/translation2" "$DATA/translation3" \
-    "$DATA/translation4" "$DATA/translation5" "$DATA/dialogue2" "$DATA/dialogue3" --init "$RUNS/stt4/model" \
-    --out "$RUNS/stt5" --steps "$STT5_STEPS" --lr 1e-3 --text-dropout 0.5 \
-    --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" --eval-count 60
+stt_more_speakers() {  # stt_more_speakers STAGE STEPS DATASET...: fine-tune the stage before it on them
+    local stage=$1 steps=$2; shift 2
+    "$ANTIPHON" train lm --task stt "${@/#/$DATA/}" --init "$RUNS/stt$((stage - 1))/model" --out "$RUNS/stt$stage" \
+        --steps "$steps" --lr 1e-3 --text-dropout 0.5 --eval "$DATA/asr-eval" "$DATA/tts-eval" "$DATA/tts-slt-eval" \
+        --eval-count 60
+}
+stt_more_speakers 3 "$STT3_STEPS" asr4 translation2 translation3 dialogue2
+stt_more_speakers 4 "$STT4_STEPS" asr4 translation2 translation3 dialogue2 translation4 dialogue3
+stt_more_speakers 5 "$STT5_STEPS" asr4 asr5 translation2 translation3 translation4 translation5 dialogue2 dialogue3
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
     --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" "$DATA/tts-slt3" --init "$RUNS/tts/model" --out "$RUNS/tts2" \
