@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 from antiphon.apps.devices import parse_device
 from antiphon.apps.help import Formatter
 from antiphon.embedded import NAMES
 from antiphon.errors import InputError
+
+# what `train eval` evaluates, and the dataset kinds each reads (None: any)
+EVAL_KINDS = {"codec": None, "stt": None, "tts": None, "translation": {"translation"}, "dialogue": {"dialogue"}}
 
 
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
@@ -29,7 +33,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                "  antiphon data generate --kind tts --out data/tts --count 2000\n"
                "  antiphon train codec data/tts data/asr --out runs/codec --eval data/tts-eval\n"
                "  antiphon train lm --task stt data/asr --codec runs/codec/model --out runs/stt --eval data/asr-eval")
-    actions = train.add_subparsers(title="models", metavar="MODEL", dest="model_kind", required=True)
+    actions = train.add_subparsers(title="commands", metavar="COMMAND", dest="train_command", required=True)
 
     codec = actions.add_parser(
         "codec", parents=common, formatter_class=Formatter, help="train a Mimi-architecture codec",
@@ -95,6 +99,28 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     embed.add_argument("--lora-of", metavar="BASE", choices=NAMES,
                        help="store only the LoRA adapters of a model trained with --init embedded:BASE")
     embed.set_defaults(run=run_embed)
+
+    evaluate = actions.add_parser(
+        "eval", parents=common, formatter_class=Formatter, help="evaluate a model on held-out datasets",
+        description="The evaluation a run does at its end, on any model: the embedded ones (the default: "
+                    "embedded:TASK), a run's model/ directory, a Hugging Face repo. codec: STOI and SNR of "
+                    "encode -> decode against the input, and pocketsphinx's word error rate on both (English); "
+                    "stt: word error rate; tts: the word error rate of its speech read by pocketsphinx and by "
+                    "--stt-model; translation: exact match and text word error rate; dialogue: correct answers "
+                    "and silence after interruptions. Prints the results as JSON; --json writes them too.",
+        epilog="examples:\n"
+               "  antiphon train eval stt --eval data/asr-eval data/tts-eval --eval-count 150\n"
+               "  antiphon train eval tts --eval data/tts-slt-eval --eval-count 30 --stt-model embedded:stt\n"
+               "  antiphon train eval codec runs/codec/model --eval data/tts-eval --num-codebooks 4 --json codec.json")
+    evaluate.add_argument("task", choices=EVAL_KINDS, help="what the model does")
+    evaluate.add_argument("model", nargs="?", metavar="MODEL", help="the model (default: embedded:TASK)")
+    evaluate.add_argument("--eval", nargs="+", required=True, metavar="DIR", help="held-out datasets (antiphon data generate)")
+    evaluate.add_argument("--eval-count", type=int, default=50, metavar="N", help="examples per dataset (default: 50)")
+    evaluate.add_argument("--stt-model", metavar="MODEL", help="tts: the STT model that also transcribes its speech")
+    evaluate.add_argument("--num-codebooks", type=int, metavar="N", help="codec: codebooks used (default: 8)")
+    evaluate.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    evaluate.set_defaults(run=run_eval)
 
 
 def _codec_recipe():
@@ -175,4 +201,40 @@ def run_embed(args) -> int:
     else:
         weights = embed_lm(args.source, args.name, int8=args.int8)
     print(f"embedded {args.name}: {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def run_eval(args) -> int:
+    from antiphon.train.shards import read_manifest
+
+    if args.eval_count < 1:
+        raise InputError(f"--eval-count must be at least 1, not {args.eval_count}")
+    if args.stt_model and args.task != "tts":
+        raise InputError("--stt-model applies to a tts evaluation")
+    if args.num_codebooks is not None and args.task != "codec":
+        raise InputError("--num-codebooks applies to a codec evaluation")
+    for data_dir in args.eval:  # every dataset checked before a model is loaded
+        kind = read_manifest(data_dir)["kind"]
+        if EVAL_KINDS[args.task] and kind not in EVAL_KINDS[args.task]:
+            raise InputError(f"{data_dir} holds {kind} examples; a {args.task} evaluation reads "
+                             f"{' or '.join(sorted(EVAL_KINDS[args.task]))} datasets")
+    if args.json and not args.json.parent.is_dir():
+        raise InputError(f"--json: no directory {args.json.parent}")
+    _threads(args)
+    model = args.model or f"embedded:{args.task}"
+    if args.task == "codec":
+        from antiphon.codec import Codec
+        from antiphon.train.codec_train import evaluate_codec
+
+        codec = Codec.from_pretrained(model, num_codebooks=args.num_codebooks or 8)
+        results = evaluate_codec(codec, args.eval, args.eval_count)
+    else:
+        from antiphon.train.evaluate import evaluate_lm
+
+        results = evaluate_lm(model, args.task, args.eval, args.eval_count, stt_model=args.stt_model)
+    results = {"model": model} | results
+    text = json.dumps(results, indent=2, ensure_ascii=False)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
     return 0
