@@ -12,9 +12,9 @@
 # (--init embedded:translation --lora-rank), embedded as its adapters alone (--lora-of translation).
 # The STT has a third stage: fine-tuned again on new word-list data plus both speakers of the
 # translation pairs and the dialogues (an stt run reads every channel of a two-channel dataset), then
-# twice more on the same plus fresh translation pairs, dialogues and utterances (new speakers).
+# three times more on the same plus fresh translation pairs, dialogues and utterances (new speakers).
 # Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, DECODER_STEPS, STT_STEPS, STT2_STEPS,
-# STT3_STEPS, STT4_STEPS, STT5_STEPS, TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
+# STT3_STEPS, STT4_STEPS, STT5_STEPS, STT6_STEPS, TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
@@ -30,6 +30,7 @@ TRANSLATION_STEPS=${TRANSLATION_STEPS:-11000}
 STT3_STEPS=${STT3_STEPS:-20000}
 STT4_STEPS=${STT4_STEPS:-20000}
 STT5_STEPS=${STT5_STEPS:-20000}
+STT6_STEPS=${STT6_STEPS:-20000}
 DIALOGUE_STEPS=${DIALOGUE_STEPS:-5500}
 
 dataset() {  # dataset NAME ARGS...: generate DATA/NAME unless it is complete
@@ -48,15 +49,18 @@ dataset tts-slt2 --kind tts --backends flite/slt --count 3000 --seed 21
 dataset asr3 --kind asr --count 16000 --seed 30 --word-lists 0.5
 dataset asr4 --kind asr --count 16000 --seed 40 --word-lists 0.5
 dataset asr5 --kind asr --count 16000 --seed 60 --word-lists 0.5
+dataset asr6 --kind asr --count 16000 --seed 70 --word-lists 0.5
 dataset tts-slt3 --kind tts --backends flite/slt --count 24000 --seed 31 --word-lists 0.25
 dataset tts-slt-eval --kind tts --backends flite/slt --count 100 --split eval --seed 1
 dataset translation2 --kind translation --count 8000 --seed 40
 dataset translation3 --kind translation --count 8000 --seed 41
 dataset translation4 --kind translation --count 8000 --seed 42
 dataset translation5 --kind translation --count 8000 --seed 43
+dataset translation6 --kind translation --count 8000 --seed 44
 dataset translation-eval --kind translation --count 100 --split eval --seed 0
 dataset dialogue2 --kind dialogue --count 6000 --seed 50
 dataset dialogue3 --kind dialogue --count 6000 --seed 51
+dataset dialogue4 --kind dialogue --count 6000 --seed 52
 dataset dialogue-eval --kind dialogue --count 100 --split eval --seed 0
 
 "$ANTIPHON" train codec "$DATA/tts" "$DATA/asr" --out "$RUNS/codec" --steps "$CODEC_STEPS" \
@@ -78,6 +82,8 @@ stt_more_speakers() {  # stt_more_speakers STAGE STEPS DATASET...: fine-tune the
 stt_more_speakers 3 "$STT3_STEPS" asr4 translation2 translation3 dialogue2
 stt_more_speakers 4 "$STT4_STEPS" asr4 translation2 translation3 dialogue2 translation4 dialogue3
 stt_more_speakers 5 "$STT5_STEPS" asr4 asr5 translation2 translation3 translation4 translation5 dialogue2 dialogue3
+stt_more_speakers 6 "$STT6_STEPS" asr4 asr5 asr6 translation2 translation3 translation4 translation5 translation6 \
+    dialogue2 dialogue3 dialogue4
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" --codec "$RUNS/codec/model" --out "$RUNS/tts" \
     --steps "$TTS_STEPS" --batch 8 --eval "$DATA/tts-slt-eval" --eval-count 30 --stt-model "$RUNS/stt2/model"
 "$ANTIPHON" train lm --task tts "$DATA/tts-slt2" "$DATA/tts-slt3" --init "$RUNS/tts/model" --out "$RUNS/tts2" \
@@ -87,7 +93,7 @@ stt_more_speakers 5 "$STT5_STEPS" asr4 asr5 translation2 translation3 translatio
     --eval "$DATA/translation-eval" --eval-count 50
 
 "$ANTIPHON" train embed codec "$RUNS/codec-dec/model"
-"$ANTIPHON" train embed stt "$RUNS/stt5/model"
+"$ANTIPHON" train embed stt "$RUNS/stt6/model"
 "$ANTIPHON" train embed tts "$RUNS/tts2/model" --int8
 "$ANTIPHON" train embed translation "$RUNS/translation/model" --int8
 "$ANTIPHON" train lm --task dialogue "$DATA/dialogue2" --init embedded:translation --lora-rank 32 \
