@@ -27,6 +27,7 @@ from antiphon.errors import InputError
 from antiphon.lm import LM, LMConfig
 from antiphon.lm.checkpoint import Source, read_config
 from antiphon.lm.config import LORA_NAME
+from antiphon.lm.layers import Embedding
 from antiphon.lm.weight_formats import reference_linears
 from antiphon.train import lora, streams
 from antiphon.train.run_dir import RunDir, Training, warmup_cosine
@@ -38,13 +39,16 @@ TOKENIZER_NAME = "tokenizer.model"
 CODEC_NAME, CODEC_CONFIG_NAME = "codec.safetensors", "codec.json"  # beside a new model
 TEXT_DELAY_S = 0.48  # stt: text 6 steps behind the audio (Kyutai stt-1b-en_fr: 0.5 s)
 AUDIO_DELAY_S = 0.96  # tts: audio 12 steps behind the text
+NEW_MODEL_CODEBOOKS = 4  # per stream, when the recipe leaves it at 0
 
 
 @dataclasses.dataclass
 class LMRecipe:
     task: str = "stt"
     size: str = "small"
-    codebooks: int = 4  # audio codebooks per stream
+    codebooks: int = dataclasses.field(default=0, metadata={"help": (
+        "audio codebooks per stream: 0 reads 4 in a new model and keeps a fine-tuned or --from-stt model's own; "
+        "more than an STT model's own (with --init) grows its input, the new codebooks' embeddings starting at zero")})
     steps: int = 3000
     batch: int = 16
     seq_steps: int = 112  # 9 s
@@ -68,7 +72,7 @@ def model_config(recipe: LMRecipe, text_card: int, card: int) -> LMConfig:
                           depformer_num_heads=2, depformer_num_layers=1, depformer_dim_feedforward=32)}
     if recipe.size not in sizes:
         raise InputError(f"unknown LM size {recipe.size!r}: choose from {', '.join(sizes)}")
-    k = recipe.codebooks
+    k = recipe.codebooks or NEW_MODEL_CODEBOOKS
     acoustic = [0] + [1] * (k - 1)  # codebook 0 (semantic) leads the acoustic ones by a step
     task = {
         "stt": dict(n_q=k, dep_q=0, delays=(0,) * (1 + k), model_type="stt",
@@ -95,9 +99,15 @@ def delay_steps(config: LMConfig) -> int:
 
 
 def encode_dataset(codec, data_dir: str, cache: Path, progress: bool = True) -> list[dict]:
-    """Every example's channels -> codes int16 [C, K, F], with its words; cached in `cache`."""
+    """Every example's channels -> codes int16 [C, K, F], with its words; cached in `cache`. A cache of more
+    codebooks than the codec reads serves their first K; one of fewer is encoded again."""
+    k = codec.num_codebooks
     if cache.exists():
-        return torch.load(cache, weights_only=False)
+        cached = torch.load(cache, weights_only=False)
+        if not cached or cached[0]["codes"].shape[1] >= k:
+            return [item | {"codes": item["codes"][:, :k]} for item in cached]
+        logger.info("%s holds %d codebooks, %d are read: encoding %s again", cache, cached[0]["codes"].shape[1], k,
+                    data_dir)
     manifest = read_manifest(data_dir)
     if manifest["sample_rate"] != codec.sample_rate:
         raise InputError(f"{data_dir} is at {manifest['sample_rate']} Hz, the codec at {codec.sample_rate} Hz")
@@ -160,6 +170,8 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
         raise InputError("--lora-rank adapts a published model: give --init MODEL")
     if not 0 <= recipe.text_dropout < 1:
         raise InputError(f"--text-dropout is a share in [0, 1), got {recipe.text_dropout}")
+    if not (recipe.codebooks or recipe.init or recipe.from_stt):
+        recipe = dataclasses.replace(recipe, codebooks=NEW_MODEL_CODEBOOKS)  # recorded as runs before 0 meant it
     run = RunDir(out)
     resuming = run.start(dataclasses.asdict(recipe) | {"codec": str(codec_source or "")},
                          defaults=dataclasses.asdict(LMRecipe()))
@@ -168,7 +180,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     elif recipe.from_stt:
         model, codec, tokenizer_path = _from_stt(recipe, run)
     else:
-        codec = Codec.from_pretrained(codec_source, num_codebooks=recipe.codebooks)
+        codec = Codec.from_pretrained(codec_source, num_codebooks=recipe.codebooks or NEW_MODEL_CODEBOOKS)
         tokenizer_path = _tokenizer(run, tokenizer)
         model = _new_model(recipe, tokenizer_path, codec)
     model.to(device)
@@ -281,7 +293,12 @@ def _published(recipe: LMRecipe):
     elif task != recipe.task:
         raise InputError(f"{recipe.init} is a {task} model (model_type {cfg.model_type!r}), not a {recipe.task} one")
     codec = model.codec
-    codec.num_codebooks = cfg.dep_q or cfg.n_q
+    if recipe.codebooks and recipe.codebooks != (cfg.dep_q or cfg.n_q):
+        if task != "stt" or recipe.codebooks < cfg.n_q:
+            raise InputError(f"{recipe.init} has {cfg.dep_q or cfg.n_q} codebooks per stream; --codebooks can only "
+                             "grow an STT model's input")
+        grow_input(model, recipe.codebooks)
+    codec.num_codebooks = model.config.dep_q or model.config.n_q
     tokenizer_path = model.source.fetch(cfg.tokenizer_name)
     if recipe.lora_rank:
         lora.add_lora(model, recipe.lora_rank)
@@ -298,14 +315,28 @@ def _from_stt(recipe: LMRecipe, run: RunDir):
     stt = LM.from_pretrained(recipe.from_stt, device="cpu", dtype=torch.float32)
     if stt.config.model_type != "stt":
         raise InputError(f"{recipe.from_stt} is not an STT model (model_type {stt.config.model_type!r})")
-    if stt.config.n_q != recipe.codebooks:
+    if recipe.codebooks and stt.config.n_q != recipe.codebooks:
         raise InputError(f"{recipe.from_stt} reads {stt.config.n_q} codebooks; give --codebooks {stt.config.n_q}")
     codec = stt.codec
     codec.num_codebooks = stt.config.n_q
     tokenizer_path = _tokenizer(run, str(stt.source.fetch(stt.config.tokenizer_name)))
-    model = _new_model(recipe, tokenizer_path, codec)
+    model = _new_model(dataclasses.replace(recipe, codebooks=stt.config.n_q), tokenizer_path, codec)
     copy_listener(stt, model)
     return model, codec, tokenizer_path
+
+
+def grow_input(model: LM, codebooks: int) -> None:
+    """Make an STT `model` read `codebooks` of its codec's codebooks instead of its n_q: the new ones'
+    embedding tables start at zero, so the grown model says what it said until it trains."""
+    cfg = model.config
+    if codebooks > model.codec.config.n_q:
+        raise InputError(f"the model's codec has {model.codec.config.n_q} codebooks, not {codebooks}")
+    for _ in range(codebooks - cfg.n_q):
+        table = Embedding(cfg.card + 1, cfg.dim)
+        torch.nn.init.zeros_(table.weight)
+        model.emb.append(table)
+    model.config = dataclasses.replace(cfg, n_q=codebooks, delays=(*cfg.delays, *(cfg.delays[-1:] * (codebooks - cfg.n_q))))
+    logger.info("the STT model now reads %d codebooks (was %d)", codebooks, cfg.n_q)
 
 
 def copy_listener(stt: LM, model: LM) -> None:

@@ -310,6 +310,47 @@ def test_recipe_errors_are_clear(tmp_path, speech_dir, codec_dir):
         train_lm([speech_dir], tmp_path / "c", dataclasses.replace(TINY, task="dialogue"), codec_dir, progress=False)
 
 
+def test_an_stt_model_grown_to_more_codebooks_starts_as_it_was_then_learns_them(tmp_path, speech_dir, codec_dir):
+    train_lm([speech_dir], tmp_path / "two", dataclasses.replace(TINY, steps=1, codebooks=2), codec_dir, progress=False)
+    small = LM.from_pretrained(tmp_path / "two" / "model")
+    grow = dataclasses.replace(TINY, steps=0, init=str(tmp_path / "two" / "model"), codebooks=4)
+    train_lm([speech_dir], tmp_path / "four", grow, None, progress=False)
+    grown = LM.from_pretrained(tmp_path / "four" / "model")
+    assert (small.config.n_q, grown.config.n_q, grown.config.delays) == (2, 4, (0,) * 5)
+    assert grown.codec.num_codebooks == 4
+    for k in (2, 3):
+        assert not grown.emb[k].weight.any()
+    codes = torch.randint(0, 64, (1, 5, 10))
+    codes[:, 0] = torch.randint(0, small.config.text_card, (1, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(codes).text_logits, small(codes[:, :3]).text_logits, equal_nan=True)
+    # the run's codes cache of two codebooks is encoded again at four; then training reaches the new tables
+    (tmp_path / "more").mkdir()
+    (tmp_path / "two" / "codes-tts.pt").rename(tmp_path / "more" / "codes-tts.pt")
+    train_lm([speech_dir], tmp_path / "more", dataclasses.replace(grow, steps=2), None, progress=False)
+    cached = torch.load(tmp_path / "more" / "codes-tts.pt", weights_only=False)
+    assert cached[0]["codes"].shape[1] == 4
+    trained = LM.from_pretrained(tmp_path / "more" / "model")
+    assert trained.emb[3].weight.any()
+    with pytest.raises(InputError, match="can only grow"):
+        train_lm([speech_dir], tmp_path / "fewer", dataclasses.replace(grow, init=str(tmp_path / "four" / "model"),
+                                                                       codebooks=2), None, progress=False)
+    with pytest.raises(InputError, match="codec has 4 codebooks, not 5"):
+        train_lm([speech_dir], tmp_path / "five", dataclasses.replace(grow, codebooks=5), None, progress=False)
+
+
+def test_a_codes_cache_of_more_codebooks_serves_fewer(tmp_path, speech_dir, codec_dir):
+    from antiphon.codec import Codec
+    from antiphon.train.lm_train import encode_dataset
+
+    codec = Codec.from_pretrained(codec_dir, num_codebooks=4)
+    full = encode_dataset(codec, speech_dir, tmp_path / "codes.pt", progress=False)
+    codec.num_codebooks = 2
+    served = encode_dataset(codec, speech_dir, tmp_path / "codes.pt", progress=False)
+    assert [s["codes"].shape[1] for s in served] == [2] * len(full)
+    assert all(torch.equal(s["codes"], f["codes"][:, :2]) for s, f in zip(served, full))
+
+
 def test_dialogue_trains_on_two_channel_examples(tmp_path, dialogue_dir, codec_dir):
     train_lm([dialogue_dir], tmp_path, dataclasses.replace(TINY, task="dialogue", steps=2), codec_dir, progress=False)
     lm = LM.from_pretrained(tmp_path / "model")
