@@ -19,9 +19,6 @@ from antiphon.embedded import NAMES
 from antiphon.errors import InputError
 
 # what `train eval` evaluates, and the dataset kinds each reads (None: any)
-EVAL_KINDS = {"codec": None, "stt": None, "tts": None, "translation": {"translation"}, "dialogue": {"dialogue"}}
-
-
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     train = subparsers.add_parser(
         "train", parents=common, formatter_class=Formatter, help="train the codec or a language model",
@@ -112,7 +109,7 @@ def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
                "  antiphon train eval stt --eval data/asr-eval data/tts-eval --eval-count 150\n"
                "  antiphon train eval tts --eval data/tts-slt-eval --eval-count 30 --stt-model embedded:stt\n"
                "  antiphon train eval codec runs/codec/model --eval data/tts-eval --num-codebooks 4 --json codec.json")
-    evaluate.add_argument("task", choices=EVAL_KINDS, help="what the model does")
+    evaluate.add_argument("task", choices=("codec", "stt", "tts", "translation", "dialogue"), help="what the model does")
     evaluate.add_argument("model", nargs="?", metavar="MODEL", help="the model (default: embedded:TASK)")
     evaluate.add_argument("--eval", nargs="+", required=True, metavar="DIR", help="held-out datasets (antiphon data generate)")
     evaluate.add_argument("--eval-count", type=int, default=50, metavar="N", help="examples per dataset (default: 50)")
@@ -205,7 +202,7 @@ def run_embed(args) -> int:
 
 
 def run_eval(args) -> int:
-    from antiphon.train.shards import read_manifest
+    from antiphon.train.evaluate import check_eval_sets
 
     if args.eval_count < 1:
         raise InputError(f"--eval-count must be at least 1, not {args.eval_count}")
@@ -213,11 +210,7 @@ def run_eval(args) -> int:
         raise InputError("--stt-model applies to a tts evaluation")
     if args.num_codebooks is not None and args.task != "codec":
         raise InputError("--num-codebooks applies to a codec evaluation")
-    for data_dir in args.eval:  # every dataset checked before a model is loaded
-        kind = read_manifest(data_dir)["kind"]
-        if EVAL_KINDS[args.task] and kind not in EVAL_KINDS[args.task]:
-            raise InputError(f"{data_dir} holds {kind} examples; a {args.task} evaluation reads "
-                             f"{' or '.join(sorted(EVAL_KINDS[args.task]))} datasets")
+    check_eval_sets(args.task, args.eval)
     if args.json and not args.json.parent.is_dir():
         raise InputError(f"--json: no directory {args.json.parent}")
     _threads(args)

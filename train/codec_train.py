@@ -38,6 +38,7 @@ from antiphon.codec.config import CodecConfig
 from antiphon.codec.model import Codec
 from antiphon.errors import InputError
 from antiphon.train.discriminator import MultiScaleSTFTDiscriminator
+from antiphon.train.evaluate import check_eval_sets
 from antiphon.train.losses import (MultiScaleMelLoss, discriminator_hinge_loss, feature_matching_loss,
                                    generator_hinge_loss)
 from antiphon.train.run_dir import RunDir, Training, warmup_cosine
@@ -135,6 +136,7 @@ def train_codec(data_dirs: list[str], out: str, recipe: CodecRecipe, eval_dirs: 
                 eval_count: int = 50, save_every: int = 500, log_every: int = 10,
                 progress: bool = True, device: str | torch.device = "cpu") -> dict:
     """Train (or resume) into `out` on `device`; returns the evaluation (empty without eval_dirs)."""
+    check_eval_sets("codec", list(eval_dirs))
     run = RunDir(out)
     resuming = start(run, recipe)
     torch.manual_seed(recipe.seed)

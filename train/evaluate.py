@@ -11,9 +11,21 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from antiphon.train.shards import iter_examples
+from antiphon.errors import InputError
+from antiphon.train.shards import iter_examples, read_manifest
 
 _NOT_WORD = re.compile(r"[^\w']+")
+# the dataset kinds each evaluation reads (None: any; a speech dataset's first channel is the one read)
+EVAL_KINDS = {"codec": None, "stt": None, "tts": None, "translation": {"translation"}, "dialogue": {"dialogue"}}
+
+
+def check_eval_sets(task: str, eval_dirs: list[str]) -> None:
+    """Each dataset exists and is one the `task` evaluation reads: checked before a model is loaded or trained."""
+    for data_dir in eval_dirs:
+        kind = read_manifest(data_dir)["kind"]
+        if EVAL_KINDS[task] and kind not in EVAL_KINDS[task]:
+            raise InputError(f"{data_dir} holds {kind} examples; a {task} evaluation reads "
+                             f"{' or '.join(sorted(EVAL_KINDS[task]))} datasets")
 
 
 def normalize(text: str) -> list[str]:

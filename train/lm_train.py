@@ -30,6 +30,7 @@ from antiphon.lm.config import LORA_NAME
 from antiphon.lm.layers import Embedding
 from antiphon.lm.weight_formats import reference_linears
 from antiphon.train import lora, streams
+from antiphon.train.evaluate import check_eval_sets, evaluate_lm
 from antiphon.train.run_dir import RunDir, Training, warmup_cosine
 from antiphon.train.shards import iter_examples, read_manifest
 
@@ -170,6 +171,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
         raise InputError("--lora-rank adapts a published model: give --init MODEL")
     if not 0 <= recipe.text_dropout < 1:
         raise InputError(f"--text-dropout is a share in [0, 1), got {recipe.text_dropout}")
+    check_eval_sets(recipe.task, list(eval_dirs))
     if not (recipe.codebooks or recipe.init or recipe.from_stt):
         recipe = dataclasses.replace(recipe, codebooks=NEW_MODEL_CODEBOOKS)  # recorded as runs before 0 meant it
     run = RunDir(out)
@@ -232,8 +234,6 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     export(model, codec, tokenizer_path, run.model_path, lora_base=model.source if adapters_only else None)
     if not eval_dirs:
         return {}
-    from antiphon.train.evaluate import evaluate_lm
-
     results = evaluate_lm(run.model_path, recipe.task, list(eval_dirs), eval_count, stt_model=stt_model,
                           progress=progress) | {"steps": step}
     run.write_eval(results)

@@ -351,6 +351,15 @@ def test_a_codes_cache_of_more_codebooks_serves_fewer(tmp_path, speech_dir, code
     assert all(torch.equal(s["codes"], f["codes"][:, :2]) for s, f in zip(served, full))
 
 
+def test_eval_sets_a_run_cannot_read_are_refused_before_it_trains(tmp_path, speech_dir, translation_dir, codec_dir):
+    recipe = dataclasses.replace(TINY, task="translation")
+    with pytest.raises(InputError, match="holds tts examples; a translation evaluation reads translation"):
+        train_lm([translation_dir], tmp_path / "a", recipe, codec_dir, eval_dirs=[speech_dir], progress=False)
+    with pytest.raises(InputError, match="not a dataset directory"):
+        train_lm([speech_dir], tmp_path / "b", TINY, codec_dir, eval_dirs=[str(tmp_path / "none")], progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_dialogue_trains_on_two_channel_examples(tmp_path, dialogue_dir, codec_dir):
     train_lm([dialogue_dir], tmp_path, dataclasses.replace(TINY, task="dialogue", steps=2), codec_dir, progress=False)
     lm = LM.from_pretrained(tmp_path / "model")
