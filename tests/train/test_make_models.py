@@ -48,7 +48,7 @@ def test_every_model_a_step_reads_was_made_before_it(tmp_path):
             made.add(f"embedded:{words[2]}")
     embedded = {w[2]: w[3] for w in (c.split() for c in commands) if w[:2] == ["train", "embed"]}
     runs = str(tmp_path / "runs")
-    assert embedded == {"codec": f"{runs}/codec-dec/model", "stt": f"{runs}/stt6/model", "tts": f"{runs}/tts2/model",
+    assert embedded == {"codec": f"{runs}/codec-dec/model", "stt": f"{runs}/stt7/model", "tts": f"{runs}/tts2/model",
                         "translation": f"{runs}/translation/model", "dialogue": f"{runs}/dialogue/model"}
     translation = next(c for c in commands if "--task translation" in c)
     assert f"--from-stt {runs}/stt2/model" in translation  # it starts from the STT's second stage (MODELS.md)
