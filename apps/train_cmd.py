@@ -18,7 +18,7 @@ from antiphon.apps.help import Formatter
 from antiphon.embedded import NAMES
 from antiphon.errors import InputError
 
-# what `train eval` evaluates, and the dataset kinds each reads (None: any)
+
 def register(subparsers, common: list[argparse.ArgumentParser]) -> None:
     train = subparsers.add_parser(
         "train", parents=common, formatter_class=Formatter, help="train the codec or a language model",

@@ -182,7 +182,7 @@ def train_lm(data_dirs: list[str], out: str, recipe: LMRecipe, codec_source: str
     elif recipe.from_stt:
         model, codec, tokenizer_path = _from_stt(recipe, run)
     else:
-        codec = Codec.from_pretrained(codec_source, num_codebooks=recipe.codebooks or NEW_MODEL_CODEBOOKS)
+        codec = Codec.from_pretrained(codec_source, num_codebooks=recipe.codebooks)
         tokenizer_path = _tokenizer(run, tokenizer)
         model = _new_model(recipe, tokenizer_path, codec)
     model.to(device)
