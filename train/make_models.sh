@@ -15,7 +15,8 @@
 # three times more on the same plus fresh translation pairs, dialogues and utterances (new speakers),
 # and once more, half as long, on the newest of those datasets.
 # Usage: train/make_models.sh [DATA_DIR] [RUNS_DIR]; CODEC_STEPS, DECODER_STEPS, STT_STEPS, STT2_STEPS,
-# STT3_STEPS, STT4_STEPS, STT5_STEPS, STT6_STEPS, STT7_STEPS, TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS, DIALOGUE_STEPS, JOBS override.
+# STT3_STEPS, STT4_STEPS, STT5_STEPS, STT6_STEPS, STT7_STEPS, TTS_STEPS, TTS2_STEPS, TRANSLATION_STEPS,
+# DIALOGUE_STEPS, JOBS override.
 set -euo pipefail
 DATA=${1:-data}
 RUNS=${2:-runs}
